@@ -1,0 +1,1 @@
+"""Command-line entry points, one small module per command (they share ``common``)."""

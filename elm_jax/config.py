@@ -1,0 +1,324 @@
+"""Typed, frozen, validated view of an experiment's ``ml_collections.ConfigDict``.
+
+Every impossible value is caught here, before any array is allocated, with one message that names
+the field and what it may be. Experiment files in ``experiments/`` start from ``default_config()``
+and override what differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+ATTENTION_IMPLS = ("auto", "xla", "pallas", "pallas_tpu", "pallas_gpu", "cudnn")
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention_out")
+SEQUENCE_MODES = ("pad", "pack")
+SOURCE_KINDS = ("shakespeare", "tfds", "array_record", "jsonl", "text")
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the field and the fix."""
+
+
+def _fail(field: str, value: Any, expected: str) -> typing.NoReturn:
+    raise ConfigError(f"config field '{field}' = {value!r} is invalid: expected {expected}")
+
+
+def _positive(field: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        _fail(field, value, "a non-negative number" if allow_zero else "a positive number")
+
+
+def _choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        _fail(field, value, f"one of {', '.join(allowed)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of one OpenELM model (fields named as in the paper and HF configs)."""
+
+    vocab_size: int = 32128  # CoreNet training vocab; released checkpoints use 32000
+    model_dim: int = 1280
+    num_layers: int = 16
+    head_dim: int = 64
+    num_gqa_groups: int = 4
+    qkv_multipliers: tuple[float, ...] = (0.5, 1.0)
+    ffn_multipliers: tuple[float, ...] = (0.5, 4.0)
+    ffn_dim_divisor: int = 256
+    num_query_heads: tuple[int, ...] | None = None
+    num_kv_heads: tuple[int, ...] | None = None
+    norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_max_length: int = 4096
+    max_context_length: int = 2048
+    tie_embeddings: bool = True
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    attention_impl: str = "auto"
+    remat_policy: str = "none"
+    remat_layers: tuple[int, ...] | None = None  # None = every layer gets remat_policy
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "model_dim", "num_layers", "head_dim", "num_gqa_groups",
+                     "ffn_dim_divisor", "rope_max_length", "max_context_length"):
+            _positive(f"model.{name}", getattr(self, name))
+        _positive("model.norm_eps", self.norm_eps)
+        _positive("model.rope_theta", self.rope_theta)
+        if self.head_dim % 2:
+            _fail("model.head_dim", self.head_dim, "an even number (RoPE rotates pairs)")
+        for name in ("qkv_multipliers", "ffn_multipliers"):
+            mults = getattr(self, name)
+            if len(mults) not in (1, 2, self.num_layers) or any(m <= 0 for m in mults):
+                _fail(f"model.{name}", mults,
+                      f"positive (first, last) multipliers or {self.num_layers} per-layer values")
+        if not self.tie_embeddings:
+            _fail("model.tie_embeddings", False, "True (OpenELM ties input and output embeddings)")
+        _choice("model.param_dtype", self.param_dtype, DTYPES)
+        _choice("model.dtype", self.dtype, DTYPES)
+        _choice("model.attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        _choice("model.remat_policy", self.remat_policy, REMAT_POLICIES)
+        if self.remat_layers is not None and any(
+            not 0 <= i < self.num_layers for i in self.remat_layers
+        ):
+            _fail("model.remat_layers", self.remat_layers, f"layer indices in [0, {self.num_layers})")
+        for name in ("num_query_heads", "num_kv_heads"):
+            heads = getattr(self, name)
+            if heads is not None and (len(heads) != self.num_layers or min(heads) <= 0):
+                _fail(f"model.{name}", heads, f"{self.num_layers} positive per-layer head counts")
+        if self.num_kv_heads is not None and self.num_query_heads is None:
+            _fail("model.num_kv_heads", self.num_kv_heads, "None unless num_query_heads is set too")
+        for i, shape in enumerate(self.layer_shapes()):
+            if shape.kv_heads <= 0 or shape.q_heads % shape.kv_heads:
+                raise ConfigError(
+                    f"layer {i}: {shape.q_heads} query heads are not divisible by "
+                    f"{shape.kv_heads} kv heads; fix model.num_gqa_groups or the per-layer "
+                    "num_query_heads / num_kv_heads lists"
+                )
+
+    def layer_shapes(self):
+        """Per-layer (q_heads, kv_heads, ffn_dim), see ``elm_jax.model.scaling``."""
+        from elm_jax.model.scaling import layer_shapes
+
+        return layer_shapes(
+            num_layers=self.num_layers, model_dim=self.model_dim, head_dim=self.head_dim,
+            num_gqa_groups=self.num_gqa_groups, qkv_multipliers=self.qkv_multipliers,
+            ffn_multipliers=self.ffn_multipliers, ffn_dim_divisor=self.ffn_dim_divisor,
+            num_query_heads=self.num_query_heads, num_kv_heads=self.num_kv_heads,
+        )
+
+    def remat_for_layer(self, index: int) -> str:
+        """The remat policy of layer ``index`` (``"none"`` outside ``remat_layers``)."""
+        if self.remat_layers is None or index in self.remat_layers:
+            return self.remat_policy
+        return "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where tokens come from and how documents become rows (REFERENCE.md section 2)."""
+
+    sources: tuple[Mapping[str, Any], ...] = ({"kind": "shakespeare", "weight": 1.0},)
+    tokenizer: str = "shakespeare"  # path to a SentencePiece model, or "shakespeare"
+    tokenizer_vocab_size: int = 8000
+    seq_len: int = 2048
+    mode: str = "pad"
+    words_per_piece: int = 2048
+    min_chars: int = 200
+    min_tokens: int = 256
+    bos_id: int = 1
+    eos_id: int = 2
+    pad_id: int = 32000
+    shuffle_seed: int = 0
+    num_workers: int = 0
+    tokenizer_threads: int = 1
+    cache_dir: str | None = None  # None: $ELM_JAX_CACHE or $XDG_CACHE_HOME/elm_jax
+
+    def validate(self) -> None:
+        if not self.sources:
+            _fail("data.sources", self.sources, "at least one source")
+        for i, src in enumerate(self.sources):
+            kind = src.get("kind")
+            _choice(f"data.sources[{i}].kind", kind, SOURCE_KINDS)
+            if float(src.get("weight", 1.0)) <= 0:
+                _fail(f"data.sources[{i}].weight", src.get("weight"), "a positive mixture weight")
+        for name in ("seq_len", "words_per_piece", "tokenizer_vocab_size", "tokenizer_threads"):
+            _positive(f"data.{name}", getattr(self, name))
+        for name in ("min_chars", "min_tokens", "num_workers", "shuffle_seed", "bos_id",
+                     "eos_id", "pad_id"):
+            _positive(f"data.{name}", getattr(self, name), allow_zero=True)
+        _choice("data.mode", self.mode, SEQUENCE_MODES)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, schedule, loss and loop settings (the paper's recipe by default)."""
+
+    steps: int = 350_000
+    batch_size: int = 2048  # global, in sequences
+    microbatches: int = 1
+    peak_lr: float = 5.3e-3
+    min_lr_ratio: float = 0.1
+    warmup_init_lr: float = 1e-6
+    warmup_steps: int = 5000
+    cosine_period: int = 345_001
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    z_loss: float = 1e-4
+    seed: int = 0
+    log_every: int = 100
+    eval_every: int = 5000
+    eval_batches: int = 8
+    nonfinite: str = "stop"
+    run_dir: str = "runs/default"
+    save_every: int = 1000
+    keep_checkpoints: int = 3
+    keep_every: int = 0  # 0: no permanent checkpoints
+    sample_lines: int = 3
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "microbatches", "peak_lr", "cosine_period",
+                     "log_every", "eval_every", "save_every", "keep_checkpoints"):
+            _positive(f"train.{name}", getattr(self, name))
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "z_loss", "eval_batches",
+                     "keep_every", "sample_lines", "warmup_init_lr", "seed"):
+            _positive(f"train.{name}", getattr(self, name), allow_zero=True)
+        if not 0 <= self.min_lr_ratio <= 1:
+            _fail("train.min_lr_ratio", self.min_lr_ratio, "a fraction in [0, 1]")
+        for name in ("b1", "b2"):
+            if not 0 <= getattr(self, name) < 1:
+                _fail(f"train.{name}", getattr(self, name), "a value in [0, 1)")
+        if self.batch_size % self.microbatches:
+            _fail("train.microbatches", self.microbatches,
+                  f"a divisor of train.batch_size={self.batch_size}")
+        _choice("train.nonfinite", self.nonfinite, NONFINITE_POLICIES)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh sizes; one axis may be -1 (all remaining devices)."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+    def validate(self) -> None:
+        sizes = (self.data, self.fsdp, self.tensor)
+        if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
+            _fail("mesh", dict(data=self.data, fsdp=self.fsdp, tensor=self.tensor),
+                  "positive axis sizes with at most one -1 (= the remaining devices)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The whole experiment."""
+
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    mesh: MeshConfig
+    name: str = "experiment"
+
+    def validate(self) -> None:
+        for part in (self.model, self.data, self.train, self.mesh):
+            part.validate()
+        if self.data.seq_len > self.model.rope_max_length:
+            _fail("data.seq_len", self.data.seq_len,
+                  f"at most model.rope_max_length={self.model.rope_max_length}")
+        if self.data.pad_id >= self.model.vocab_size:
+            # The pad id only appears in targets, which are masked; inputs may hold it too,
+            # so the embedding table must have a row for it.
+            _fail("data.pad_id", self.data.pad_id,
+                  f"an id below model.vocab_size={self.model.vocab_size} (CoreNet trains with "
+                  "vocab 32128 and pad 32000)")
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig}
+
+
+def _convert(field: str, value: Any, annotation: Any) -> Any:
+    """Coerce one ConfigDict value to the dataclass field's declared type, or fail clearly."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing) | {"Mapping": Mapping, "Any": Any})  # noqa: S307
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(field, value, inner[0])
+    if origin is tuple:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = (value,)
+        if not isinstance(value, (list, tuple)):
+            _fail(field, value, "a list of values")
+        return tuple(_convert(f"{field}[{i}]", v, args[0]) for i, v in enumerate(value))
+    if annotation is Any or origin is not None and issubclass(origin, Mapping):
+        return dict(value) if isinstance(value, Mapping) else value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            _fail(field, value, "True or False")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(field, value, "an integer")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(field, value, "a number")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            _fail(field, value, "a string")
+        return value
+    return value
+
+
+def _section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown config field(s) {', '.join(f'{name}.{u}' for u in unknown)}; "
+            f"known fields: {', '.join(sorted(fields))}"
+        )
+    kwargs = {k: _convert(f"{name}.{k}", v, fields[k].type) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def from_config_dict(cd: ml_collections.ConfigDict | Mapping[str, Any]) -> Config:
+    """Build and validate the typed config; raises ``ConfigError`` naming the bad field."""
+    raw = cd.to_dict() if isinstance(cd, ml_collections.ConfigDict) else dict(cd)
+    unknown = sorted(set(raw) - set(SECTIONS) - {"name"})
+    if unknown:
+        raise ConfigError(
+            f"unknown config section(s) {unknown}; known: {sorted(SECTIONS)} and 'name'"
+        )
+    parts = {name: _section(name, cls, raw.get(name) or {}) for name, cls in SECTIONS.items()}
+    config = Config(name=str(raw.get("name", "experiment")), **parts)
+    config.validate()
+    return config
+
+
+def to_config_dict(config: Config) -> ml_collections.ConfigDict:
+    """The inverse of ``from_config_dict`` (stored next to checkpoints and HF exports)."""
+    raw = dataclasses.asdict(config)
+    raw["data"]["sources"] = [dict(s) for s in config.data.sources]
+    return ml_collections.ConfigDict(raw)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field with its default: what experiment files start from."""
+    return to_config_dict(
+        Config(model=ModelConfig(), data=DataConfig(), train=TrainConfig(), mesh=MeshConfig())
+    )
