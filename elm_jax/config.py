@@ -11,9 +11,10 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ml_collections
+if TYPE_CHECKING:  # ml_collections is imported lazily: the model must run on bare jax + flax
+    import ml_collections
 
 ATTENTION_IMPLS = ("auto", "xla", "pallas", "pallas_tpu", "pallas_gpu", "cudnn")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -298,7 +299,7 @@ def _section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
 
 def from_config_dict(cd: ml_collections.ConfigDict | Mapping[str, Any]) -> Config:
     """Build and validate the typed config; raises ``ConfigError`` naming the bad field."""
-    raw = cd.to_dict() if isinstance(cd, ml_collections.ConfigDict) else dict(cd)
+    raw = cd.to_dict() if hasattr(cd, "to_dict") else dict(cd)
     unknown = sorted(set(raw) - set(SECTIONS) - {"name"})
     if unknown:
         raise ConfigError(
@@ -312,6 +313,8 @@ def from_config_dict(cd: ml_collections.ConfigDict | Mapping[str, Any]) -> Confi
 
 def to_config_dict(config: Config) -> ml_collections.ConfigDict:
     """The inverse of ``from_config_dict`` (stored next to checkpoints and HF exports)."""
+    import ml_collections
+
     raw = dataclasses.asdict(config)
     raw["data"]["sources"] = [dict(s) for s in config.data.sources]
     return ml_collections.ConfigDict(raw)

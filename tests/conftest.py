@@ -3,7 +3,9 @@
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(__file__))  # tests/numpy_openelm.py
+TESTS = os.path.dirname(os.path.abspath(__file__))
+# This checkout's package wins over any other installed copy; tests/ holds shared references.
+sys.path[:0] = [os.path.dirname(TESTS), TESTS]
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"

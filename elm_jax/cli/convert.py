@@ -33,3 +33,7 @@ def _main(argv: list[str]) -> None:
 
 def main() -> None:
     common.run(_main)
+
+
+if __name__ == "__main__":
+    main()
