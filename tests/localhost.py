@@ -10,8 +10,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-WORKER = Path(__file__).with_name("multiprocess_worker.py")
+REPO = Path(__file__).resolve().parents[1]
+WORKER = REPO / "tests" / "parallel" / "multiprocess_worker.py"
 
 
 def free_port() -> int:
