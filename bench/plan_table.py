@@ -1,13 +1,14 @@
 """Write docs/PLANNING.md: every OpenELM size on a few TPU slices, as elm-plan compiles them.
 
-    python bench/plan_table.py                      # all sizes x the default slices
-    python bench/plan_table.py --sizes 270m --topologies v5e-8 --out /tmp/t.md
+    python bench/plan_table.py                        # the default cells (size:slice pairs)
+    python bench/plan_table.py --cells 270m:v5e-8 --out /tmp/t.md
 
 Each cell is one ahead-of-time compile of the real train step (libtpu on this CPU): the paper's
 recipe (global batch 2048 x 2048 tokens, the preset's remat and mesh) with ``--per-chip`` sequences
 per chip per microbatch, gradient accumulation making up the rest of the global batch. A setup
 that does not fit is planned once more with the planner's first suggestion. Compiles of the
-larger models take minutes each on a small machine; the script prints progress and timings.
+larger models take minutes each on a small machine: the table is rewritten after every cell, so
+an interrupted run keeps what it finished.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from elm_jax.parallel import topology as topo_lib  # noqa: E402
 from elm_jax.parallel.topology import GIB  # noqa: E402
 from elm_jax.presets import SIZES, openelm_config  # noqa: E402
 
-TOPOLOGIES = ("v5e-8", "v5e-16", "v5e-32", "v5p-8", "v5p-32", "v5p-128", "v6e-8")
+# Each size on slices where the question is interesting (small chips for small models, larger
+# slices for the 3B); every cell is one or two compiles of minutes on two CPU cores.
+CELLS = ("270m:v5e-8", "270m:v6e-8", "450m:v5e-8", "450m:v5p-8", "1_1b:v5e-16", "1_1b:v5p-8",
+         "1_1b:v6e-8", "3b:v5e-32", "3b:v5p-32", "3b:v5p-128")
 
 
 def recipe(size: str, topology: topo_lib.Topology, per_chip: int, mesh_shards) -> plan_lib.Config:
@@ -83,7 +87,7 @@ def rows_for(size: str, topology: topo_lib.Topology, per_chip: int, mfu: float) 
     return rows
 
 
-def markdown(rows: list[dict], args: argparse.Namespace, seconds: float) -> str:
+def markdown(rows: list[dict], args: argparse.Namespace, seconds: float, pending: int) -> str:
     import jax
 
     header = list(rows[0])
@@ -99,7 +103,8 @@ def markdown(rows: list[dict], args: argparse.Namespace, seconds: float) -> str:
         f"{args.mfu:.0%} MFU on the published peak bf16 FLOP/s; they are not measurements.",
         "",
         f"Generated {datetime.date.today()} with jax {jax.__version__} on {platform.machine()} "
-        f"({os.cpu_count()} CPUs) in {seconds / 60:.0f} min.",
+        f"({os.cpu_count()} CPUs) in {seconds / 60:.0f} min"
+        + (f"; {pending} cell(s) still running." if pending else "."),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -110,28 +115,34 @@ def markdown(rows: list[dict], args: argparse.Namespace, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """A half-written table never replaces a finished one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default=",".join(SIZES))
-    p.add_argument("--topologies", default=",".join(TOPOLOGIES))
+    p.add_argument("--cells", default=",".join(CELLS), help="size:slice pairs, e.g. 3b:v5p-32")
     p.add_argument("--per-chip", type=int, default=16, help="sequences per chip per microbatch")
     p.add_argument("--mfu", type=float, default=0.4)
     p.add_argument("--out", default=str(REPO / "docs" / "PLANNING.md"))
     args = p.parse_args()
+    cells = [c.split(":") for c in args.cells.split(",")]
+    bad = [c for c in cells if len(c) != 2 or c[0] not in SIZES]
+    if bad:
+        p.error(f"cells must be size:slice with size in {', '.join(SIZES)}; got {bad}")
     start = time.perf_counter()
-    rows = []
-    for size in args.sizes.split(","):
-        for name in args.topologies.split(","):
-            began = time.perf_counter()
-            print(f"{size} on {name} ...", flush=True)
-            rows += rows_for(size, topo_lib.parse(name), args.per_chip, args.mfu)
-            print(f"  {rows[-1]['fits']}, {time.perf_counter() - began:.0f} s", flush=True)
-    text = markdown(rows, args, time.perf_counter() - start)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)  # a half-written table never replaces a finished one
+    rows: list[dict] = []
+    for done, (size, name) in enumerate(cells, 1):
+        began = time.perf_counter()
+        print(f"[{done}/{len(cells)}] {size} on {name} ...", flush=True)
+        rows += rows_for(size, topo_lib.parse(name), args.per_chip, args.mfu)
+        print(f"  {rows[-1]['fits']}, {time.perf_counter() - began:.0f} s", flush=True)
+        text = markdown(rows, args, time.perf_counter() - start, len(cells) - done)
+        write_atomic(Path(args.out), text)
     print(text)
 
 

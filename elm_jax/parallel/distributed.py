@@ -14,6 +14,7 @@ Environment variables for the explicit mode (what ``launch/multihost.py`` export
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -147,11 +148,18 @@ def _slurm(cfg: DistributedConfig, environ: Mapping[str, str]) -> Launch:
                   f"{environ['SLURM_NTASKS']} tasks, {how}")
 
 
+GOOGLE_PCI_VENDOR = "0x1ae0"  # TPU chips appear as PCI devices of this vendor
+
+
 def _on_tpu_vm(environ: Mapping[str, str]) -> bool:
-    """A Cloud TPU VM: its env variables, or TPU device files (``/dev/accel*``, ``/dev/vfio``)."""
+    """A Cloud TPU VM: its environment variables, or a TPU chip on the PCI bus."""
     if any(environ.get(v) for v in TPU_ENV_VARS):
         return True
-    return any(Path("/dev").glob("accel[0-9]*")) or any(Path("/dev/vfio").glob("[0-9]*"))
+    for vendor in Path("/sys/bus/pci/devices").glob("*/vendor"):
+        with contextlib.suppress(OSError):
+            if vendor.read_text().strip() == GOOGLE_PCI_VENDOR:
+                return True
+    return False
 
 
 def _tpu_single_host(environ: Mapping[str, str]) -> bool:

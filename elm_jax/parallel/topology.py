@@ -1,8 +1,9 @@
 """TPU slices by their Cloud name (``v5p-32``, ``v5e-8``, ``v6e-8``): chips, torus shape, hosts, HBM.
 
 ``devices(topology)`` returns compile-only TPU devices from libtpu (no TPU needed), so a train step
-can be compiled ahead of time on a CPU for a pod it will later run on. Chip figures are the
-published per-chip specifications (HBM capacity, peak dense bf16 FLOP/s).
+can be compiled ahead of time on a CPU for a pod it will later run on. Chip figures: peak dense
+bf16 FLOP/s as published; HBM capacity in GiB, consistent with the "available HBM" libtpu's
+compiler reports (15.75 / 95.74 / 31.25 GiB usable of 16 / 96 / 32 on v5e / v5p / v6e).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Chip:
 
 CHIPS = {
     "v5e": Chip("v5e", "v5e", 16 * GIB, 197e12, 1, 2, 8),
-    "v5p": Chip("v5p", "v5p", 95 * GIB, 459e12, 2, 3, 4),
+    "v5p": Chip("v5p", "v5p", 96 * GIB, 459e12, 2, 3, 4),
     "v6e": Chip("v6e", "v6e", 32 * GIB, 918e12, 1, 2, 8),
 }
 ALIASES = {"v5litepod": "v5e", "v6litepod": "v6e"}
