@@ -59,6 +59,16 @@ def test_tpu_vm_queued_resource_waits_and_deletes_the_request():
     assert sum("--worker=" in c and "scp 'q:~/elm-train.log'" in c for c in cmds) == 4  # 16 chips / 4
 
 
+def test_tpu_vm_installs_from_a_pip_requirement_instead_of_copying():
+    result = launch("tpu_vm.py", "--name", "x", "--zone", "z", "--accelerator-type", "v6e-8",
+                    "--install", "elm_jax[tpu] @ git+https://example.com/elm_jax", "--steps",
+                    "setup", "--dry-run")
+    cmds = commands(result.stdout)
+    assert len(cmds) == 1 and "git archive" not in result.stdout
+    assert "--worker=all" in cmds[0] and "python3 -m pip install -q" in cmds[0]
+    assert "elm_jax[tpu] @ git+https://example.com/elm_jax" in cmds[0]
+
+
 def test_tpu_vm_steps_keep_and_local_run_dir_warning():
     result = launch("tpu_vm.py", "--name", "x", "--zone", "z", "--accelerator-type", "v6e-16",
                     "--runtime-version", "custom-image", "--steps", "train", "--keep", "--dry-run")
