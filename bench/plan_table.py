@@ -61,7 +61,8 @@ def cell(result: plan_lib.Plan, mfu: float) -> dict[str, str]:
                     f"{result.config.train.microbatches}",
         "remat": result.config.model.remat_policy,
         "state GiB": f"{result.state_bytes / GIB:.2f}",
-        "temp GiB": "-" if result.temp_bytes is None else f"{result.temp_bytes / GIB:.2f}",
+        "temp GiB": "-" if result.temp_bytes is None else f"{result.temp_bytes / GIB:.2f}"
+                    + ("" if result.compiled else " (XLA)"),
         "total GiB": f"{peak:.2f}" if result.compiled else f">= {peak:.2f}",
         "HBM GiB": f"{result.hbm_bytes / GIB:.0f}",
         "fits": "yes" if result.fits else f"no ({how})",
