@@ -96,9 +96,9 @@ class Plan:
     @property
     def peak_bytes(self) -> int:
         """Per-chip HBM the step needs: inputs, new outputs (donated ones reuse inputs), temporaries,
-        code. Without a compile: the lower bound of state + batch."""
+        code. Without a compile: state + batch, plus the temporaries XLA's refusal named."""
         if not self.compiled:
-            return self.state_bytes + self.batch_bytes
+            return self.state_bytes + self.batch_bytes + (self.temp_bytes or 0)
         return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
                 + self.code_bytes)
 
@@ -160,6 +160,15 @@ def _first_line(err: Exception) -> str:
     return match.group(0) if match else text.splitlines()[0][:300]
 
 
+UNITS = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}  # XLA prints binary units
+
+
+def _temporaries_in(message: str) -> int | None:
+    """The HLO temporaries XLA said it needed, from its out-of-memory message."""
+    match = re.search(r"HLO temporaries \(([\d.]+)([KMGT])\)", message)
+    return int(float(match.group(1)) * UNITS[match.group(2)]) if match else None
+
+
 def with_overrides(config: Config, overrides: Sequence[tuple[str, Any]]) -> Config:
     """``config`` with dotted ``section.field`` values replaced (and validated again)."""
     for key, value in overrides:
@@ -180,29 +189,31 @@ def plan(config: Config, topology: Topology, *, build_step: StepBuilder = defaul
                   hbm_bytes=topology.chip.hbm_bytes, hbm_fraction=hbm_fraction,
                   state_bytes=_shard_bytes(step.state_shapes),
                   batch_bytes=_shard_bytes(step.batch_shapes))
-    if precheck and result.state_bytes + result.batch_bytes > result.budget_bytes:
-        pass  # the compile cannot succeed: skip it
-    else:
-        start = time.perf_counter()
-        try:
-            compiled = step.lower().compile()
-        except Exception as err:  # XLA reports HBM exhaustion as a runtime error
-            if not _is_out_of_memory(err):
-                raise
-            result = dataclasses.replace(result, compiler_error=_first_line(err),
-                                         compile_seconds=time.perf_counter() - start)
-        else:
-            memory = compiled.memory_analysis()
-            result = dataclasses.replace(
-                result, argument_bytes=memory.argument_size_in_bytes,
-                output_bytes=memory.output_size_in_bytes, alias_bytes=memory.alias_size_in_bytes,
-                temp_bytes=memory.temp_size_in_bytes,
-                code_bytes=memory.generated_code_size_in_bytes,
-                compiled_flops=_cost(compiled).get("flops"),
-                compile_seconds=time.perf_counter() - start)
+    # When the state alone is over budget the compile cannot succeed: skip it (minutes, for 3B).
+    if not precheck or result.state_bytes + result.batch_bytes <= result.budget_bytes:
+        result = _compile(result, step)
     if not result.fits:
         result = dataclasses.replace(result, suggestions=tuple(suggest(result, step)))
     return result
+
+
+def _compile(result: Plan, step: Step) -> Plan:
+    """``result`` with XLA's memory and cost analysis, or with its out-of-memory message."""
+    start = time.perf_counter()
+    try:
+        compiled = step.lower().compile()
+    except Exception as err:  # XLA reports HBM exhaustion as a runtime error
+        if not _is_out_of_memory(err):
+            raise
+        message = _first_line(err)
+        return dataclasses.replace(result, compiler_error=message, temp_bytes=_temporaries_in(message),
+                                   compile_seconds=time.perf_counter() - start)
+    memory = compiled.memory_analysis()
+    return dataclasses.replace(
+        result, argument_bytes=memory.argument_size_in_bytes,
+        output_bytes=memory.output_size_in_bytes, alias_bytes=memory.alias_size_in_bytes,
+        temp_bytes=memory.temp_size_in_bytes, code_bytes=memory.generated_code_size_in_bytes,
+        compiled_flops=_cost(compiled).get("flops"), compile_seconds=time.perf_counter() - start)
 
 
 def _min_chips_for_state(total_state: int, chip: topo_lib.Chip, fraction: float) -> int:
@@ -320,6 +331,15 @@ def largest_batch(config: Config, topology: Topology, *, limit: int = 4096,
     return good, good_plan, tried
 
 
+def attention_impl(config: Config) -> str:
+    """The attention implementation the step compiles to on TPU (``auto`` resolved)."""
+    from elm_jax.kernels.attention import resolve_impl
+
+    return resolve_impl(config.model.attention_impl, platform="tpu",
+                        interpret=getattr(config.model, "attention_interpret", False),
+                        dtype=config.model.dtype)
+
+
 def _gib(value: int | None) -> str:
     return "-" if value is None else f"{value / GIB:8.2f} GiB"
 
@@ -333,7 +353,8 @@ def report(result: Plan, mfu: float) -> str:
         f"hosts, {topology.chip.hbm_bytes / GIB:.0f} GiB HBM each); mesh {mesh}",
         f"batch {result.global_batch} x {cfg.data.seq_len} tokens ({result.per_chip_batch:g} "
         f"sequences per chip, {cfg.train.microbatches} microbatch(es)); remat "
-        f"{cfg.model.remat_policy}; compute {cfg.model.dtype}, params {cfg.model.param_dtype}",
+        f"{cfg.model.remat_policy}; compute {cfg.model.dtype}, params {cfg.model.param_dtype}; "
+        f"attention: {attention_impl(cfg)}",
         "per-chip memory:",
         f"  parameters + optimizer state {_gib(result.state_bytes)}   (from the shardings)",
         f"  batch                        {_gib(result.batch_bytes)}",
@@ -346,6 +367,8 @@ def report(result: Plan, mfu: float) -> str:
             f"  temporaries                  {_gib(result.temp_bytes)}",
             f"  generated code               {_gib(result.code_bytes)}",
         ]
+    elif result.temp_bytes is not None:
+        lines.append(f"  temporaries                  {_gib(result.temp_bytes)}   (XLA's refusal)")
     lines.append(f"  total                        {_gib(result.peak_bytes)}   of "
                   f"{_gib(result.budget_bytes).strip()} usable ({result.hbm_fraction:.0%} of HBM)")
     if result.compiler_error:
