@@ -64,6 +64,9 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"
     attention_impl: str = "auto"
+    # Run the Pallas attention kernels in the Pallas interpreter (any platform, numerics only,
+    # slow): lets attention_impl="pallas" be tested on CPU. Ignored by "xla" and "cudnn".
+    attention_interpret: bool = False
     remat_policy: str = "none"
     remat_layers: tuple[int, ...] | None = None  # None = every layer gets remat_policy
 
@@ -85,6 +88,8 @@ class ModelConfig:
         _choice("model.param_dtype", self.param_dtype, DTYPES)
         _choice("model.dtype", self.dtype, DTYPES)
         _choice("model.attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        if not isinstance(self.attention_interpret, bool):
+            _fail("model.attention_interpret", self.attention_interpret, "True or False")
         _choice("model.remat_policy", self.remat_policy, REMAT_POLICIES)
         if self.remat_layers is not None and any(
             not 0 <= i < self.num_layers for i in self.remat_layers

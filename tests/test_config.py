@@ -15,6 +15,7 @@ def _with(section, field, value):
     ("model", "head_dim", 63, "model.head_dim.*even"),
     ("model", "model_dim", -5, "model.model_dim.*positive"),
     ("model", "attention_impl", "flash", "model.attention_impl.*xla"),
+    ("model", "attention_interpret", "yes", "model.attention_interpret.*True or False"),
     ("model", "dtype", "float8", "model.dtype.*bfloat16"),
     ("model", "remat_policy", "some", "model.remat_policy.*dots"),
     ("model", "tie_embeddings", False, "tie_embeddings"),
