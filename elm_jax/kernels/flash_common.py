@@ -180,8 +180,12 @@ def pop_segment_refs(refs: list, has_segments: bool) -> tuple:
 
 
 def _dot(a: jax.Array, b: jax.Array, *, transpose_b: bool) -> jax.Array:
-    """``a @ b`` (or ``a @ b.T``) with float32 accumulation; f32 inputs get full f32 precision."""
-    precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+    """``a @ b`` (or ``a @ b.T``) with float32 accumulation; f32 inputs get full f32 precision.
+
+    Half-precision operands say DEFAULT explicitly: Mosaic rejects an fp32 contract precision
+    on bf16 operands, which a global ``jax_default_matmul_precision`` would otherwise impose.
+    """
+    precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else lax.Precision.DEFAULT
     dims = (((1,), (1 if transpose_b else 0,)), ((), ()))
     return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
 

@@ -74,8 +74,12 @@ def test_kernel_matches_reference_forward_and_gradients(backend, case):
     def flash(q, k, v):
         return kernel(q, k, v, segment_ids, causal=causal, block_sizes=blocks, interpret=True)
 
-    out, vjp = jax.vjp(flash, q, k, v)
-    grads = vjp(d_out)
+    @jax.jit
+    def forward_backward(q, k, v, d_out):
+        out, vjp = jax.vjp(flash, q, k, v)
+        return out, vjp(d_out)
+
+    out, grads = forward_backward(q, k, v, d_out)
     ref_out, ref_vjp = jax.vjp(lambda *x: reference_attention(*x, segment_ids, causal),
                                *(x.astype(jnp.float32) for x in (q, k, v)))
     ref_grads = ref_vjp(d_out.astype(jnp.float32))
