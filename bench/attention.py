@@ -215,6 +215,7 @@ def table(shapes: list[Shape], impls: list[str], modes: list[str], dtype, budget
     print("| " + " | ".join(header) + " |")
     print("|---" * len(header) + "|")
     start = time.perf_counter()
+    wins: dict[tuple[str, str], int] = {}
     sink = open(json_path, "a") if json_path else None  # noqa: SIM115
     for n, shape in enumerate(shapes):
         if time.perf_counter() - start > budget_s:
@@ -246,8 +247,16 @@ def table(shapes: list[Shape], impls: list[str], modes: list[str], dtype, budget
                 a, b = ms["pallas", mode], ms[other, mode]
                 cells.append("n/a" if a is None or b is None else f"{b / a:.2f}x")
         print(f"| {shape.label()} | " + " | ".join(cells) + " |", flush=True)
+        for mode in modes:
+            timed = {impl: ms[impl, mode] for impl in impls if ms[impl, mode] is not None}
+            if timed:
+                best = min(timed, key=timed.get)
+                wins[mode, best] = wins.get((mode, best), 0) + 1
     if sink:
         sink.close()
+    for mode in modes:  # what attention.AUTO should say for this platform
+        counts = ", ".join(f"{impl} {n}" for (m, impl), n in sorted(wins.items()) if m == mode)
+        print(f"\nfastest {mode} (rows won): {counts}")
 
 
 def parse_shapes(spec: str, seqs: list[int], batch: int, causal: list[bool]) -> list[Shape]:

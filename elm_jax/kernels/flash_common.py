@@ -169,11 +169,12 @@ def score_mask(q_start: jax.Array, kv_start: jax.Array, shape: tuple[int, int], 
     return functools.reduce(jnp.logical_and, conditions)
 
 
-def pop_segment_refs(refs: list, has_segments: bool) -> tuple:
-    """Take the (query-side, key-side) segment-id refs off the front of a kernel's ``refs``."""
+def split_segment_refs(refs: tuple, has_segments: bool) -> tuple:
+    """``(query-side segment ref, key-side segment ref, remaining refs)`` of a kernel's refs
+    (the segment refs come first when present, else are None)."""
     if not has_segments:
-        return None, None
-    return refs.pop(0), refs.pop(0)
+        return None, None, refs
+    return refs[0], refs[1], refs[2:]
 
 
 # ----------------------------------------------------------------------------- per-block math

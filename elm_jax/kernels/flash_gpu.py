@@ -60,60 +60,57 @@ def default_tuning(head_dim: int) -> tuple[fc.BlockSizes, GpuTuning]:
     return DEFAULTS.get(head_dim, DEFAULTS[128 if head_dim > 64 else 64])
 
 
-def _forward_kernel(q_ref, k_ref, v_ref, *refs, cfg: fc.FlashConfig):
-    refs = list(refs)
-    q_seg_ref, kv_seg_ref = fc.pop_segment_refs(refs, cfg.has_segments)
-    o_ref, lse_ref = refs
-    bq, bk = cfg.blocks.block_q, cfg.blocks.block_kv
-    i = pl.program_id(0)
-    q = q_ref[...]
-    q_seg = None if q_seg_ref is None else q_seg_ref[...][:, None]
+def _over_kv_blocks(step, carry, *, cfg: fc.FlashConfig, q_block, block_q: int, block_kv: int,
+                    q_seg, kv_seg_ref):
+    """Fold ``step(carry, kv_slice, mask)`` over the KV blocks query block ``q_block`` sees:
+    the fully visible ones without a mask, then those on the diagonal / padding with one."""
 
-    def body(j, state, masked):
-        kv = pl.ds(j * bk, bk)
+    def body(j, carry, masked):
+        kv = pl.ds(j * block_kv, block_kv)
         mask = None
         if masked:
             kv_seg = None if kv_seg_ref is None else kv_seg_ref[kv][None, :]
-            mask = fc.score_mask(i * bq, j * bk, (bq, bk), cfg, q_seg, kv_seg)
+            mask = fc.score_mask(q_block * block_q, j * block_kv, (block_q, block_kv), cfg, q_seg,
+                                 kv_seg)
+        return step(carry, kv, mask)
+
+    full_end, end = fc.kv_block_bounds(q_block, cfg, block_q, block_kv)
+    carry = lax.fori_loop(0, full_end, functools.partial(body, masked=False), carry)
+    return lax.fori_loop(full_end, end, functools.partial(body, masked=True), carry)
+
+
+def _forward_kernel(q_ref, k_ref, v_ref, *refs, cfg: fc.FlashConfig):
+    q_seg_ref, kv_seg_ref, (o_ref, lse_ref) = fc.split_segment_refs(refs, cfg.has_segments)
+    q = q_ref[...]
+
+    def step(state, kv, mask):
         return fc.online_softmax_step(state, q, k_ref[kv, :], v_ref[kv, :], cfg.scale2, mask)
 
-    full_end, end = fc.kv_block_bounds(i, cfg, bq, bk)
-    state = fc.SoftmaxState.initial(bq, q.shape[-1])
-    state = lax.fori_loop(0, full_end, functools.partial(body, masked=False), state)
-    state = lax.fori_loop(full_end, end, functools.partial(body, masked=True), state)
+    state = _over_kv_blocks(
+        step, fc.SoftmaxState.initial(*q.shape), cfg=cfg, q_block=pl.program_id(0),
+        block_q=cfg.blocks.block_q, block_kv=cfg.blocks.block_kv,
+        q_seg=None if q_seg_ref is None else q_seg_ref[...][:, None], kv_seg_ref=kv_seg_ref)
     out, lse = fc.finish_softmax(state)
     o_ref[...] = out.astype(o_ref.dtype)
     lse_ref[...] = lse
 
 
 def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: fc.FlashConfig):
-    refs = list(refs)
-    q_seg_ref, kv_seg_ref = fc.pop_segment_refs(refs, cfg.has_segments)
-    (dq_ref,) = refs
-    bq, bk = cfg.blocks.block_q_dq, cfg.blocks.block_kv_dq
-    i = pl.program_id(0)
+    q_seg_ref, kv_seg_ref, (dq_ref,) = fc.split_segment_refs(refs, cfg.has_segments)
     q, do, lse, delta = q_ref[...], do_ref[...], lse_ref[...], delta_ref[...]
-    q_seg = None if q_seg_ref is None else q_seg_ref[...][:, None]
 
-    def body(j, dq, masked):
-        kv = pl.ds(j * bk, bk)
-        mask = None
-        if masked:
-            kv_seg = None if kv_seg_ref is None else kv_seg_ref[kv][None, :]
-            mask = fc.score_mask(i * bq, j * bk, (bq, bk), cfg, q_seg, kv_seg)
+    def step(dq, kv, mask):
         return fc.dq_step(dq, q, k_ref[kv, :], v_ref[kv, :], do, lse, delta, cfg.scale2, mask)
 
-    full_end, end = fc.kv_block_bounds(i, cfg, bq, bk)
-    dq = jnp.zeros(q.shape, jnp.float32)
-    dq = lax.fori_loop(0, full_end, functools.partial(body, masked=False), dq)
-    dq = lax.fori_loop(full_end, end, functools.partial(body, masked=True), dq)
+    dq = _over_kv_blocks(
+        step, jnp.zeros(q.shape, jnp.float32), cfg=cfg, q_block=pl.program_id(0),
+        block_q=cfg.blocks.block_q_dq, block_kv=cfg.blocks.block_kv_dq,
+        q_seg=None if q_seg_ref is None else q_seg_ref[...][:, None], kv_seg_ref=kv_seg_ref)
     dq_ref[...] = (dq * cfg.sm_scale).astype(dq_ref.dtype)
 
 
 def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: fc.FlashConfig):
-    refs = list(refs)
-    q_seg_ref, kv_seg_ref = fc.pop_segment_refs(refs, cfg.has_segments)
-    dk_ref, dv_ref = refs
+    q_seg_ref, kv_seg_ref, (dk_ref, dv_ref) = fc.split_segment_refs(refs, cfg.has_segments)
     bq, bk = cfg.blocks.block_q_dkv, cfg.blocks.block_kv_dkv
     j, kv_head = pl.program_id(0), pl.program_id(2)
     k, v = k_ref[...], v_ref[...]

@@ -41,9 +41,8 @@ def _run_blocks(visit, full: jax.Array, begin: jax.Array, end: jax.Array) -> Non
 
 
 def _forward_kernel(q_ref, k_ref, v_ref, *refs, cfg: fc.FlashConfig):
-    refs = list(refs)
-    q_seg_ref, kv_seg_ref = fc.pop_segment_refs(refs, cfg.has_segments)
-    o_ref, lse_ref, m_ref, l_ref, acc_ref = refs
+    q_seg_ref, kv_seg_ref, (o_ref, lse_ref, m_ref, l_ref, acc_ref) = fc.split_segment_refs(
+        refs, cfg.has_segments)
     bq, bk = cfg.blocks.block_q, cfg.blocks.block_kv
     i, j = pl.program_id(2), pl.program_id(3)
 
@@ -73,9 +72,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, *refs, cfg: fc.FlashConfig):
 
 
 def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: fc.FlashConfig):
-    refs = list(refs)
-    q_seg_ref, kv_seg_ref = fc.pop_segment_refs(refs, cfg.has_segments)
-    dq_ref, acc_ref = refs
+    q_seg_ref, kv_seg_ref, (dq_ref, acc_ref) = fc.split_segment_refs(refs, cfg.has_segments)
     bq, bk = cfg.blocks.block_q_dq, cfg.blocks.block_kv_dq
     i, j = pl.program_id(2), pl.program_id(3)
 
@@ -100,9 +97,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: fc.F
 
 
 def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: fc.FlashConfig):
-    refs = list(refs)
-    q_seg_ref, kv_seg_ref = fc.pop_segment_refs(refs, cfg.has_segments)
-    dk_ref, dv_ref, dk_acc, dv_acc = refs
+    q_seg_ref, kv_seg_ref, (dk_ref, dv_ref, dk_acc, dv_acc) = fc.split_segment_refs(
+        refs, cfg.has_segments)
     bq, bk = cfg.blocks.block_q_dkv, cfg.blocks.block_kv_dkv
     j, r = pl.program_id(2), pl.program_id(3)
     qi = lax.rem(r, cfg.padded_len // bq)

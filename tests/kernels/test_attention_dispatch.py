@@ -62,13 +62,24 @@ def _mesh():
     return jax.sharding.Mesh(devices, ("data", "fsdp", "tensor"))
 
 
-@pytest.mark.parametrize("heads,kv_heads", [(8, 2), (6, 3)])  # split heads; replicated heads
-def test_sharded_kernel_runs_per_shard_and_matches_xla(heads, kv_heads):
+def _sharded_qkv(heads, kv_heads):
     mesh = _mesh()
     q, k, v, ids = _qkv(4, 24, heads, kv_heads)
     head_axis = "tensor" if kv_heads % 2 == 0 else None
     q, k, v = (jax.device_put(x, NamedSharding(mesh, P(("data", "fsdp"), None, head_axis)))
                for x in (q, k, v))
+    return mesh, q, k, v, ids
+
+
+def _shard_map_in_specs(fn, *args):
+    """The in_specs of the one shard_map in ``fn``'s jaxpr."""
+    eqns = [e for e in jax.make_jaxpr(fn)(*args).jaxpr.eqns if e.primitive.name == "shard_map"]
+    assert len(eqns) == 1
+    return eqns[0].params["in_specs"]
+
+
+def test_sharded_kernel_runs_per_shard_and_matches_xla():
+    mesh, q, k, v, ids = _sharded_qkv(8, 2)  # batch over data x fsdp, heads over tensor
 
     def loss(q, k, v):
         out = attention(q, k, v, segment_ids=ids, impl="pallas_gpu", interpret=True)
@@ -76,7 +87,9 @@ def test_sharded_kernel_runs_per_shard_and_matches_xla(heads, kv_heads):
 
     with jax.set_mesh(mesh):
         step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
-        assert "shard_map" in str(jax.make_jaxpr(step)(q, k, v))
+        specs = _shard_map_in_specs(lambda q, k, v: attention(
+            q, k, v, segment_ids=ids, impl="pallas_gpu", interpret=True), q, k, v)
+        assert specs[0] == P(("data", "fsdp"), None, "tensor", None)
         (_, out), grads = step(q, k, v)
 
     def ref_loss(q, k, v):
@@ -88,3 +101,15 @@ def test_sharded_kernel_runs_per_shard_and_matches_xla(heads, kv_heads):
     np.testing.assert_allclose(out, ref_out, atol=1e-5, rtol=1e-5)
     for grad, ref in zip(grads, ref_grads):
         np.testing.assert_allclose(grad, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_heads_indivisible_by_tensor_axis_are_replicated():
+    mesh, q, k, v, ids = _sharded_qkv(6, 3)  # 3 kv heads over tensor=2: heads replicated
+    with jax.set_mesh(mesh):
+        def call(q, k, v):
+            return attention(q, k, v, segment_ids=ids, impl="pallas_gpu", interpret=True)
+
+        specs = _shard_map_in_specs(call, q, k, v)
+        out = jax.jit(call)(q, k, v)
+    assert specs[0] == P(("data", "fsdp"), None, None, None)
+    np.testing.assert_allclose(out, xla_attention(q, k, v, segment_ids=ids), atol=1e-5, rtol=1e-5)
