@@ -35,10 +35,11 @@ IMPLS = ("auto", "xla", "pallas", "pallas_tpu", "pallas_gpu", "cudnn")
 BATCH_AXES = ("data", "fsdp")
 HEAD_AXIS = "tensor"
 
-# platform -> fastest measured implementation (docs/PERFORMANCE.md, "Attention").
-# cpu: the kernels only interpret there. tpu: no TPU measurement yet; the flash kernel is chosen
-# because XLA materialises [batch, heads, seq, seq] scores, which stops fitting long before the
-# flash kernel's O(seq) memory does. gpu: see PERFORMANCE.md.
+# platform -> fastest measured implementation (docs/PERFORMANCE.md, "Attention"; bench/gpu.sh
+# prints which impl won). cpu: the kernels only interpret there. tpu: no TPU measurement yet; the
+# flash kernel is chosen because XLA materialises [batch, heads, seq, seq] scores, which stops
+# fitting long before the flash kernel's O(seq) memory does. gpu: not measured yet, cuDNN (the
+# vendor kernel) for half precision and pallas_gpu for float32, which cuDNN does not take.
 AUTO = {"cpu": "xla", "tpu": "pallas_tpu", "gpu": "cudnn"}
 _PALLAS = {"tpu": "pallas_tpu", "gpu": "pallas_gpu", "cpu": "pallas_tpu"}
 _NEEDS = {"pallas_tpu": "tpu", "pallas_gpu": "gpu", "cudnn": "gpu"}
