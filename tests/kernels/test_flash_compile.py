@@ -19,6 +19,11 @@ from jax.sharding import PartitionSpec as P
 from elm_jax.kernels import attention
 from elm_jax.kernels.flash_gpu import flash_attention_gpu
 
+# Several pytest-xdist workers (and other test processes) load libtpu for AOT compiles at once;
+# without this, every process but the first fails on libtpu's lockfile. Set at collection, before
+# any test loads libtpu in this process.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
 TRITON_CALL = "__gpu$xla.gpu.triton"
 MOSAIC_CALL = "tpu_custom_call"
 H100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132,
