@@ -107,14 +107,16 @@ def rel_err(x, ref) -> float:
     return float(jnp.linalg.norm(x - ref) / jnp.linalg.norm(ref))
 
 
-def check(impls: list[str]) -> bool:
-    """Each impl vs float32 XLA attention on this device; returns whether all passed."""
+def check(impls: list[str], n_cases: int = 4) -> bool:
+    """Each impl vs float32 XLA attention on this device (the first ``n_cases`` cases); returns
+    whether all passed."""
     cases = [  # (shape, dtype, packed)
         (Shape(2, 1024, 12, 3, 64, True), jnp.bfloat16, False),
         (Shape(2, 1000, 8, 2, 128, True), jnp.bfloat16, True),
         (Shape(2, 777, 4, 4, 64, False), jnp.bfloat16, False),
         (Shape(1, 512, 8, 2, 64, True), jnp.float32, True),
     ]
+    cases = cases[:n_cases]
     if INTERPRET:  # smoke-test sizes
         cases = [(dataclasses.replace(shape, batch=1, seq=shape.seq // 16), dtype, packed)
                  for shape, dtype, packed in cases]
@@ -276,6 +278,7 @@ def main() -> None:
     parser.add_argument("--modes", default="fwd,fwd_bwd")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--check", action="store_true", help="on-device correctness first")
+    parser.add_argument("--check_cases", type=int, default=4, help="how many check cases (1-4)")
     parser.add_argument("--sweep", action="store_true", help="GPU kernel block-size sweep")
     parser.add_argument("--sweep_seq", type=int, default=2048)
     parser.add_argument("--no_table", action="store_true")
@@ -291,7 +294,7 @@ def main() -> None:
     print(f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}, "
           f"{jax.device_count()} device(s)")
     impls = args.impls.split(",")
-    ok = check(impls) if args.check else True
+    ok = check(impls, args.check_cases) if args.check else True
     if args.sweep:
         sweep(args.batch, args.sweep_seq)
     if not args.no_table:

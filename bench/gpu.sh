@@ -6,7 +6,8 @@
 # measured). Results go to $OUT (default ./gpu_results): attention.md (everything printed),
 # attention.jsonl (one line per timing), device.txt.
 #
-#   bench/gpu.sh                       # defaults below
+#   bench/gpu.sh                       # defaults below: about 3-4 minutes
+#   QUICK=1 bench/gpu.sh               # about 1.5 minutes: 2 checks, seq 2048, 2 shapes, no sweep
 #   SEQS=2048 SWEEP=0 BUDGET_S=60 bench/gpu.sh
 #
 # Needs only jax[cuda] and numpy (elm_jax.kernels imports nothing else). Exit status 1 when a
@@ -15,9 +16,13 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=${OUT:-$PWD/gpu_results}
+if [ "${QUICK:-0}" = 1 ]; then
+  : "${SEQS:=2048}" "${SHAPES:=64:12:3,128:12:3}" "${SWEEP:=0}" "${CHECK_CASES:=2}" "${BUDGET_S:=60}"
+fi
 BATCH=${BATCH:-8}
 SEQS=${SEQS:-2048,4096}
 SHAPES=${SHAPES:-64:12:3,64:20:5,128:12:3,128:24:6}
+CHECK_CASES=${CHECK_CASES:-4}
 IMPLS=${IMPLS:-pallas,cudnn,xla}
 CAUSAL=${CAUSAL:-1}
 BUDGET_S=${BUDGET_S:-150}
@@ -39,7 +44,7 @@ cat "$OUT/device.txt"
 
 flags=(--batch "$BATCH" --seqs "$SEQS" --shapes "$SHAPES" --impls "$IMPLS" --causal "$CAUSAL"
        --budget_s "$BUDGET_S" --json "$OUT/attention.jsonl")
-[ "$CHECK" = 1 ] && flags+=(--check)
+[ "$CHECK" = 1 ] && flags+=(--check --check_cases "$CHECK_CASES")
 [ "$SWEEP" = 1 ] && flags+=(--sweep)
 rm -f "$OUT/attention.jsonl"
 start=$(date +%s)
