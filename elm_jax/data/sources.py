@@ -255,6 +255,7 @@ def _tfds(src: Mapping[str, Any], split: str):
         return tfds.data_source(src["dataset"], split=split_name, data_dir=src.get("data_dir"),
                                 download=False)
     except Exception as err:  # tfds raises many types (AssertionError, DatasetNotFoundError, ...)
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"cannot open TFDS dataset {src['dataset']!r} split {split_name!r} "
-                        f"(data_dir={src.get('data_dir')!r}): {err}; prepare it with "
+                        f"(data_dir={src.get('data_dir')!r}): {first_line}; prepare it with "
                         "`tfds build --file_format=array_record` or fix the name") from None

