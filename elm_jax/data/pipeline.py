@@ -172,17 +172,13 @@ def _rows(config: Config, docs: grain.MapDataset, src: DocumentSource,
           tokenizer: Tokenizer) -> grain.IterDataset:
     import functools
 
-    import grain
-
     from elm_jax.data import stages
 
     data = config.data
     pieces = _pieces(config, docs, src, tokenizer)
     if data.mode == "pad":
         return pieces.map(functools.partial(stages.pad_row, seq_len=data.seq_len, pad_id=data.pad_id))
-    packed = grain.experimental.ConcatThenSplitIterDataset(
-        pieces.map(stages.shift_piece), length_struct={"inputs": data.seq_len, "targets": data.seq_len})
-    return packed.map(functools.partial(stages.finish_packed_row, pad_id=data.pad_id))
+    return stages.PackIterDataset(pieces, seq_len=data.seq_len, pad_id=data.pad_id)
 
 
 def _probe(config: Config, src: DocumentSource, tokenizer: Tokenizer) -> None:

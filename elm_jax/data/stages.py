@@ -9,6 +9,7 @@ checkpoint, and (d) it stops a source whose every document is filtered out inste
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
 import weakref
@@ -47,14 +48,41 @@ def normalized_length(text: str) -> int:
     return len(" ".join(_PUNCT.sub("", text.lower()).split()))
 
 
+def passes_min_chars(text: str, min_chars: int) -> bool:
+    """``normalized_length(text) >= min_chars``, looking at a prefix when that already decides it.
+
+    Exact: lower-casing, punctuation removal and whitespace collapsing act character by character,
+    so a prefix's normalised text is a prefix of the whole's.
+    """
+    if min_chars <= 0:
+        return True
+    if len(text) < min_chars and text.isascii():
+        return False
+    head = text[:4 * min_chars]
+    if normalized_length(head) >= min_chars:
+        return True
+    return len(head) < len(text) and normalized_length(text) >= min_chars
+
+
+_ASCII_SPACES = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # what str.isspace() and re \\s accept
+
+
+def _at_most_words(text: str, words: int) -> bool:
+    """Cheap sufficient test that ``text`` has at most ``words`` words (counts whitespace in C)."""
+    return text.isascii() and sum(text.count(c) for c in _ASCII_SPACES) < words
+
+
 def word_pieces(text: str, words: int, max_chars: int):
     """Lazily cut ``text`` into pieces of at most ``words`` whitespace-separated words.
 
     Pieces keep the document's own whitespace (line breaks matter for verse and code). A piece
     longer than ``max_chars`` (a pathological "word") is cut into ``max_chars`` slices.
     """
-    for match in re.finditer(r"(?:\S+\s*){1," + str(words) + "}", text):
-        piece = match.group().rstrip()
+    if _at_most_words(text, words):  # most documents: one piece, no regex
+        matches = [text.strip()] if text.strip() else []
+    else:
+        matches = (m.group().rstrip() for m in re.finditer(r"(?:\S+\s*){1," + str(words) + "}", text))
+    for piece in matches:
         if len(piece) <= max_chars:
             yield piece, False
         else:
@@ -169,7 +197,7 @@ class _PiecesIterator(grain.DatasetIterator):
             self._doc_used += 1
             self._counters["pieces"] += 1
             self._counters["long_pieces"] += cut
-            if normalized_length(text) < self._min_chars:
+            if not passes_min_chars(text, self._min_chars):
                 self._counters["dropped_chars"] += 1
                 continue
             texts.append(text)
@@ -229,19 +257,90 @@ def pad_row(tokens: np.ndarray, seq_len: int, pad_id: int) -> dict[str, np.ndarr
             "segment_ids": real.astype(np.int32), "positions": np.where(real, idx, 0).astype(np.int32)}
 
 
-def shift_piece(tokens: np.ndarray) -> dict[str, np.ndarray]:
-    """Next-token pairs of one piece, packed as two aligned features (no cross-document targets)."""
-    return {"inputs": tokens[:-1], "targets": tokens[1:]}
+class PackIterDataset(grain.IterDataset):
+    """Concatenate-then-split packing: pieces' next-token pairs back to back, cut every ``seq_len``.
+
+    The semantics of grain's ``ConcatThenSplitIterDataset`` (segment ids from 1 per row, positions
+    restarting per document and for a remainder carried into the next row, no padding but at the
+    end of a finite stream) with inputs and targets cut together, so no target crosses into another
+    document. Ours fills a row with a few NumPy slice copies instead of grain's per-feature Python
+    bookkeeping, which cost more than tokenizing when rows are short. State: the parent's state
+    before the piece holding the next token, and how many of that piece's pairs were emitted.
+    """
+
+    def __init__(self, parent: grain.IterDataset, *, seq_len: int, pad_id: int):
+        super().__init__(parent)
+        self.seq_len, self.pad_id = seq_len, pad_id
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _PackIterator(self._parent.__iter__(), self.seq_len, self.pad_id)
+
+    def __str__(self) -> str:
+        return f"PackIterDataset(seq_len={self.seq_len})"
 
 
-def finish_packed_row(row: dict[str, np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
-    """Grain's packed features -> the pipeline's row dict (pad id where the row is not filled)."""
-    seg = row["inputs_segment_ids"].astype(np.int32)
-    real = seg > 0
-    return {"inputs": np.where(real, row["inputs"], pad_id).astype(np.int32),
-            "targets": np.where(real, row["targets"], pad_id).astype(np.int32),
-            "loss_mask": real.astype(np.float32), "segment_ids": seg,
-            "positions": row["inputs_positions"].astype(np.int32)}
+class _PackIterator(grain.DatasetIterator):
+    def __init__(self, parent, seq_len: int, pad_id: int):
+        super().__init__(parent)
+        self._len, self._pad = seq_len, pad_id
+        self._reset(offset=0)
+
+    def _reset(self, offset: int) -> None:
+        self._pieces: collections.deque[np.ndarray] = collections.deque()
+        self._states: collections.deque[Any] = collections.deque()  # parent state before each piece
+        self._offset = offset  # pairs of the first buffered piece already emitted
+        self._buffered = -offset
+        self._done = False
+
+    def _pull(self) -> None:
+        state = self._parent.get_state()
+        try:
+            piece = next(self._parent)
+        except StopIteration:
+            self._done = True
+            return
+        self._pieces.append(piece)
+        self._states.append(state)
+        self._buffered += len(piece) - 1
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        while self._buffered < self._len and not self._done:
+            self._pull()
+        if self._buffered <= 0:
+            raise StopIteration
+        n = self._len
+        inputs = np.full(n, self._pad, np.int32)
+        targets = np.full(n, self._pad, np.int32)
+        segments = np.zeros(n, np.int32)
+        positions = np.zeros(n, np.int32)
+        filled, segment = 0, 0
+        while filled < n and self._pieces:
+            piece, off = self._pieces[0], self._offset
+            take = min(len(piece) - 1 - off, n - filled)
+            end = filled + take
+            inputs[filled:end] = piece[off:off + take]
+            targets[filled:end] = piece[off + 1:off + 1 + take]
+            segment += 1
+            segments[filled:end] = segment
+            positions[filled:end] = np.arange(take)
+            filled = end
+            if off + take == len(piece) - 1:
+                self._pieces.popleft()
+                self._states.popleft()
+                self._offset = 0
+            else:
+                self._offset = off + take
+        self._buffered -= filled
+        return {"inputs": inputs, "targets": targets, "loss_mask": (segments > 0).astype(np.float32),
+                "segment_ids": segments, "positions": positions}
+
+    def get_state(self) -> dict[str, Any]:
+        parent = self._states[0] if self._states else self._parent.get_state()
+        return {"parent": parent, "offset": self._offset if self._states else 0}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state["parent"])
+        self._reset(offset=state["offset"])
 
 
 class CheckedStateIterDataset(grain.IterDataset):
