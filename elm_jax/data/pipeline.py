@@ -5,7 +5,7 @@ repeat -> cut into ``data.words_per_piece``-word pieces -> character filter -> S
 BOS/EOS -> token filter -> rows (``pad``: the paper's truncate / right-pad to ``seq_len + 1``;
 ``pack``: concatenate-then-split with per-document segment ids and positions). Sources are mixed
 row by row with the configured weights, rows are batched to ``train.batch_size // process_count``,
-and ``data.num_workers`` grain processes (or one prefetch thread when 0) produce the batches.
+and ``data.num_workers`` grain worker processes produce the batches (0: the calling thread does).
 
 Every batch is a dict of NumPy arrays ``inputs``, ``targets`` (int32 [local_batch, seq_len]),
 ``loss_mask`` (float32, 0 on padding), ``segment_ids`` (int32, 0 = padding, documents from 1),
@@ -35,24 +35,29 @@ PROBE_DOCUMENTS = 10_000  # documents checked up front for at least one usable p
 READ_THREADS = 2
 READ_BUFFER = 32
 PREFETCH_BATCHES = 2
+MIN_SHM_BYTES = 1 << 20  # arrays below this size go to the main process by copy, not shared memory
 TOKENIZER_BATCH_CHARS = 1 << 16  # characters encoded per SentencePiece call (per thread)
 
 
 def make_iterator(config: Config, split: str, *, process_index: int | None = None,
                   process_count: int | None = None, num_epochs: int | None = None,
-                  tokenizer: Tokenizer | None = None) -> grain.DatasetIterator:
+                  num_workers: int | None = None, tokenizer: Tokenizer | None = None
+                  ) -> grain.DatasetIterator:
     """This process's batches of ``split`` ("train" or "validation").
 
     Endless by default (``num_epochs=None``), so every process gets the same number of batches;
     pass ``num_epochs`` for a finite single-process pass. Process index and count default to JAX's.
+    ``num_workers`` overrides ``data.num_workers`` (e.g. 0 for a few evaluation batches, which
+    then need no worker start-up); the same iterator started again gives the same batches.
     """
     return iter(make_dataset(config, split, process_index=process_index, process_count=process_count,
-                             num_epochs=num_epochs, tokenizer=tokenizer))
+                             num_epochs=num_epochs, num_workers=num_workers, tokenizer=tokenizer))
 
 
 def make_dataset(config: Config, split: str, *, process_index: int | None = None,
                  process_count: int | None = None, num_epochs: int | None = None,
-                 tokenizer: Tokenizer | None = None) -> grain.IterDataset:
+                 num_workers: int | None = None, tokenizer: Tokenizer | None = None
+                 ) -> grain.IterDataset:
     """The grain dataset behind :func:`make_iterator` (for benchmarks and inspection)."""
     import grain
 
@@ -76,9 +81,12 @@ def make_dataset(config: Config, split: str, *, process_index: int | None = None
     else:
         ds = grain.IterDataset.mix({k: v[0] for k, v in rows.items()}, {k: v[1] for k, v in rows.items()})
     ds = ds.batch(batch // process_count, drop_remainder=True)
-    workers = config.data.num_workers
+    workers = config.data.num_workers if num_workers is None else num_workers
     if workers:
         _absl_flags_parsed()
+        # Small batches travel faster pickled than through a shared-memory block each.
+        ds = grain.experimental.WithOptionsIterDataset(
+            ds, grain.experimental.DatasetOptions(min_shm_size=MIN_SHM_BYTES))
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                          per_worker_buffer_size=PREFETCH_BATCHES))
         ds = ds.map(_own_memory)

@@ -67,7 +67,7 @@ def test_a_state_from_another_layout_is_refused(make_config, jsonl_source, docum
     it = pipeline.make_iterator(config, "train", process_index=0, process_count=1)
     next(it)
     state = it.get_state()
-    other = pipeline.make_iterator(with_workers(config, 1), "train", process_index=0, process_count=1)
+    other = pipeline.make_iterator(config, "train", process_index=0, process_count=1, num_workers=1)
     with pytest.raises(DataError, match="num_workers=0 but this run has num_workers=1"):
         other.set_state(state)
     other.close()
