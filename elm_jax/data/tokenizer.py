@@ -144,8 +144,9 @@ def train_sentencepiece(texts: Iterable[str], output: str | os.PathLike, *, voca
         raise DataError(f"tokenizer model type {model_type!r} is invalid: expected one of "
                         f"{', '.join(MODEL_TYPES)}")
     output = Path(output)
-    if output.exists():
-        raise DataError(f"{str(output)!r} already exists; choose another output path or delete it")
+    for path in (output, output.with_suffix(".vocab")):
+        if path.exists():
+            raise DataError(f"{str(path)!r} already exists; choose another output path or delete it")
     lines = (line for text in texts for line in text.splitlines() if line.strip())
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".spm-") as tmp:

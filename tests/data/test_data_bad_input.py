@@ -110,3 +110,10 @@ def test_indivisible_batch_and_too_few_documents(make_config, jsonl_source, docu
     with pytest.raises(DataError, match="3 documents, fewer than the 4 processes"):
         pipeline.make_iterator(config, "train", process_index=0, process_count=4)
     assert np.all(next(make(config))["segment_ids"] >= 0)
+
+
+def test_a_corrupt_array_record_file(make_config, tmp_path):
+    (tmp_path / "bad.array_record").write_bytes(np.random.default_rng(0).bytes(200_000))
+    config = make_config([{"kind": "array_record", "train": str(tmp_path / "bad.array_record")}])
+    with pytest.raises(DataError, match=r"data.sources\[0\].train: cannot read .* as ArrayRecord"):
+        make(config)

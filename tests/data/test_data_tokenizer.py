@@ -71,3 +71,14 @@ def test_shakespeare_tokenizer_not_prepared_is_clear(make_config):
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, tokenizer="shakespeare"))
     with pytest.raises(DataError, match="elm-data prepare shakespeare"):
         load_tokenizer(config)
+
+
+def test_training_never_overwrites(spm_model, tmp_path):
+    from elm_jax.data.tokenizer import train_sentencepiece
+
+    with pytest.raises(DataError, match="already exists"):
+        train_sentencepiece(["text"], spm_model, vocab_size=300)
+    (tmp_path / "new.vocab").write_text("keep me")
+    with pytest.raises(DataError, match="new.vocab' already exists"):
+        train_sentencepiece(["text"], tmp_path / "new.model", vocab_size=300)
+    assert (tmp_path / "new.vocab").read_text() == "keep me"
