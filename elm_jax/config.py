@@ -155,6 +155,9 @@ class DataConfig:
             _choice(f"data.sources[{i}].kind", kind, SOURCE_KINDS)
             if float(src.get("weight", 1.0)) <= 0:
                 _fail(f"data.sources[{i}].weight", src.get("weight"), "a positive mixture weight")
+            from elm_jax.data.sources import check_source  # the keys each source kind takes
+
+            check_source(i, src)
         for name in ("seq_len", "words_per_piece", "tokenizer_vocab_size", "tokenizer_threads"):
             _positive(f"data.{name}", getattr(self, name))
         for name in ("min_chars", "min_tokens", "num_workers", "shuffle_seed", "bos_id",
