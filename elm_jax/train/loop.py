@@ -88,9 +88,10 @@ class Evaluator:
     """Held-out loss and perplexity over the first ``train.eval_batches`` validation batches (the
     same batches at every evaluation, read once and kept on the host)."""
 
-    def __init__(self, config: Config, mesh: jax.sharding.Mesh, make_iterator: IteratorFactory):
+    def __init__(self, config: Config, mesh: jax.sharding.Mesh, make_iterator: IteratorFactory,
+                 compiler_options: dict[str, Any] | None = None):
         self.config, self.mesh, self._make_iterator = config, mesh, make_iterator
-        self._step = make_eval_step(config, mesh)
+        self._step = make_eval_step(config, mesh, compiler_options=compiler_options)
         self._batches: list[dict[str, np.ndarray]] | None = None
 
     def batches(self) -> list[dict[str, np.ndarray]]:
@@ -161,20 +162,23 @@ def _default_data(config: Config) -> tuple[IteratorFactory, Any]:
 
 
 def train(config: Config, *, make_iterator: IteratorFactory | None = None, tokenizer: Any = None,
-          mesh: jax.sharding.Mesh | None = None, export: bool = True, report_entropy: bool = True,
-          show_progress: bool | None = None) -> TrainResult:
+          mesh: jax.sharding.Mesh | None = None, export: bool = True,
+          entropy_tokens: int = ENTROPY_TOKENS, show_progress: bool | None = None,
+          compiler_options: dict[str, Any] | None = None) -> TrainResult:
     """Train ``config`` in ``config.train.run_dir``, resuming from its newest checkpoint.
 
     ``make_iterator(config, split, process_index=, process_count=)`` defaults to
     ``elm_jax.data.pipeline.make_iterator`` (which also supplies the tokenizer); tests pass their own.
+    ``entropy_tokens`` training tokens are read first for the unigram-entropy baseline (0: skip).
+    ``compiler_options`` go to XLA for the train and eval steps.
     """
     if make_iterator is None:
         make_iterator, tokenizer = _default_data(config)
     tcfg = config.train
     run_dir = prepare_run_dir(config, getattr(tokenizer, "model_path", None))
     mesh = mesh or mesh_lib.make_mesh(config.mesh)
-    train_step = make_train_step(config, mesh)
-    evaluator = Evaluator(config, mesh, make_iterator)
+    train_step = make_train_step(config, mesh, compiler_options=compiler_options)
+    evaluator = Evaluator(config, mesh, make_iterator, compiler_options)
     checkpointer = ckpt_lib.Checkpointer(run_dir, config)
     train_iter = make_iterator(config, "train", **_process_kwargs())
     state = checkpointer.restore_latest(train_step.state_shapes, train_iter)
@@ -188,8 +192,8 @@ def train(config: Config, *, make_iterator: IteratorFactory | None = None, token
     for note in mesh_lib.sharding_report(config.model, mesh):
         say(f"sharding: {note}")
     result = TrainResult(step=step, preempted=False)
-    if report_entropy:
-        result.unigram_entropy = training_unigram_entropy(config, make_iterator)
+    if entropy_tokens > 0:
+        result.unigram_entropy = training_unigram_entropy(config, make_iterator, entropy_tokens)
         say(f"unigram entropy of the training tokens: {result.unigram_entropy:.3f} nats")
 
     tokens_per_step = tcfg.batch_size * config.data.seq_len

@@ -188,8 +188,13 @@ def state_shardings(config: Config, mesh: jax.sharding.Mesh,
 
 
 def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = True,
-                    rules: mesh_lib.Rules = mesh_lib.DEFAULT_RULES) -> TrainStep:
-    """The train step of ``config`` for ``mesh`` (jitted, not yet compiled)."""
+                    rules: mesh_lib.Rules = mesh_lib.DEFAULT_RULES,
+                    compiler_options: Mapping[str, Any] | None = None) -> TrainStep:
+    """The train step of ``config`` for ``mesh`` (jitted, not yet compiled).
+
+    ``compiler_options`` are XLA options for this step's compilation (e.g. TPU scheduler flags, or
+    ``{"xla_backend_optimization_level": 0}`` for quick CPU compiles in tests).
+    """
     mesh_lib.check_batch_divides(mesh, config.train.batch_size, config.train.microbatches)
     tx = make_optimizer(config.train)
     schedule = learning_rate_schedule(config.train)
@@ -206,7 +211,7 @@ def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = T
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         sums, grads = loss_and_grads(config, gdef, state.params, batch, mesh)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         loss = sums.objective(config.train.z_loss)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -225,15 +230,16 @@ def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = T
         return new_state, metrics
 
     jitted = jax.jit(train_step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, rep),
-                     donate_argnums=(0,) if donate else ())
-    init_fn = jax.jit(init, out_shardings=shardings)
+                     donate_argnums=(0,) if donate else (), compiler_options=compiler_options)
+    init_fn = jax.jit(init, out_shardings=shardings, compiler_options=compiler_options)
     return TrainStep(fn=jitted, init_fn=init_fn, mesh=mesh,
                      state_shapes=_with_shardings(abstract, shardings), batch_shapes=batches,
                      state_shardings=shardings, batch_shardings=batch_sh)
 
 
 def make_eval_step(config: Config, mesh: jax.sharding.Mesh, *, batch_size: int | None = None,
-                   rules: mesh_lib.Rules = mesh_lib.DEFAULT_RULES
+                   rules: mesh_lib.Rules = mesh_lib.DEFAULT_RULES,
+                   compiler_options: Mapping[str, Any] | None = None
                    ) -> Callable[[Params, Batch], LossSums]:
     """Jitted ``fn(params, batch) -> LossSums`` for held-out loss and perplexity."""
     mesh_lib.check_batch_divides(mesh, batch_size or config.train.batch_size)
@@ -241,7 +247,8 @@ def make_eval_step(config: Config, mesh: jax.sharding.Mesh, *, batch_size: int |
     param_sh = mesh_lib.param_shardings(config.model, mesh, rules)
     batch_sh = {name: mesh_lib.batch_sharding(mesh) for name in BATCH_FIELDS}
     jitted = jax.jit(lambda params, batch: forward_sums(gdef, params, batch),
-                     in_shardings=(param_sh, batch_sh), out_shardings=mesh_lib.replicated(mesh))
+                     in_shardings=(param_sh, batch_sh), out_shardings=mesh_lib.replicated(mesh),
+                     compiler_options=compiler_options)
 
     def eval_step(params: Params, batch: Batch) -> LossSums:
         with jax.set_mesh(mesh):

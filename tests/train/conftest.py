@@ -14,3 +14,17 @@ def compilation_cache(tmp_path_factory):
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     yield path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, compilation_cache):
+    """8 steps of the synthetic config (checkpoints at 4 and 8, evals, HF export): (config, result)."""
+    from synthetic import FAST_COMPILE, make_iterator, tiny_config
+
+    from elm_jax.parallel.mesh import single_device_mesh
+    from elm_jax.train.loop import train
+
+    config = tiny_config(tmp_path_factory.mktemp("trained") / "run")
+    result = train(config, make_iterator=make_iterator, mesh=single_device_mesh(), show_progress=False,
+                   entropy_tokens=20_000, compiler_options=FAST_COMPILE)
+    return config, result

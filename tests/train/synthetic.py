@@ -8,11 +8,17 @@ predictable from the current one, so a tiny model's loss must fall well below ln
 from __future__ import annotations
 
 import dataclasses
+import functools
+import time
 
 import grain
 import numpy as np
 
 from elm_jax.config import Config, DataConfig, MeshConfig, ModelConfig, TrainConfig
+
+# XLA's CPU backend compiles 3-5x faster without LLVM optimisation; the tiny test steps run a
+# handful of times, so compile time is what counts. Same numerics path as the default.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def tiny_config(run_dir, **train) -> Config:
@@ -52,12 +58,32 @@ def make_row(index: int, *, seq_len: int, vocab: int, seed: int) -> dict[str, np
             "segment_ids": segments[:-1], "positions": positions[:-1]}
 
 
+def _slowly(batch: dict[str, np.ndarray], delay: float) -> dict[str, np.ndarray]:
+    time.sleep(delay)
+    return batch
+
+
 def make_iterator(config: Config, split: str, *, process_index: int | None = None,
-                  process_count: int | None = None):
-    """The contract of ``elm_jax.data.pipeline.make_iterator`` over the synthetic stream."""
+                  process_count: int | None = None, delay: float = 0.0, nan_at: int | None = None):
+    """The contract of ``elm_jax.data.pipeline.make_iterator`` over the synthetic stream.
+
+    ``delay`` seconds per batch slow a run down enough to kill it at a chosen point; ``nan_at``
+    puts a NaN into the loss mask of that batch (0-based) to test the non-finite policy.
+    """
     process_index, process_count = process_index or 0, process_count or 1
     seed = {"train": 0, "validation": 1}[split]
     ds = grain.MapDataset.range(10_000).shuffle(seed=seed)
     ds = ds[process_index::process_count].map(
         lambda i: make_row(int(i), seq_len=config.data.seq_len, vocab=config.model.vocab_size, seed=seed))
-    return iter(ds.batch(config.train.batch_size // process_count).to_iter_dataset())
+    ds = ds.batch(config.train.batch_size // process_count)
+    if nan_at is not None:
+        ds = ds.map_with_index(lambda i, b: _poison(b) if i == nan_at else b)
+    if delay:
+        ds = ds.map(functools.partial(_slowly, delay=delay))
+    return iter(ds.to_iter_dataset())
+
+
+def _poison(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    mask = batch["loss_mask"].copy()
+    mask[0, 0] = np.nan
+    return batch | {"loss_mask": mask}

@@ -62,7 +62,7 @@ def test_adamw_decays_matrices_not_norms():
               "layers": {0: {"up": jnp.asarray(rng.standard_normal((4, 3, 2))),
                              "q_norm": {"weight": jnp.full(2, 0.5)}}}}
     zeros = jax.tree.map(jnp.zeros_like, params)
-    updates, _ = tx.update(zeros, tx.init(params), params)
+    updates, _ = jax.jit(tx.update)(zeros, tx.init(params), params)
     for (path, p), u in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(updates)):
         expected = -0.5 * 0.1 * np.asarray(p) if p.ndim > 1 else np.zeros(p.shape)
         np.testing.assert_allclose(np.asarray(u), expected, rtol=1e-6, atol=1e-8, err_msg=str(path))
@@ -74,6 +74,6 @@ def test_gradient_clipping_caps_the_global_norm():
     tx = make_optimizer(TrainConfig(grad_clip=1.0, b2=0.95))
     params = {"w": jnp.ones((3, 3)), "b": jnp.ones(3)}
     grads = {"w": jnp.full((3, 3), 100.0), "b": jnp.zeros(3)}
-    _, state = tx.update(grads, tx.init(params), params)
+    _, state = jax.jit(tx.update)(grads, tx.init(params), params)
     (nu,) = optax.tree_utils.tree_get_all_with_path(state, "nu")
     np.testing.assert_allclose(np.asarray(nu[1]["w"]), 0.05 * np.full((3, 3), 1 / 9), rtol=1e-5)

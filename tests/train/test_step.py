@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from synthetic import make_iterator, replace_train, tiny_config
+from synthetic import FAST_COMPILE, make_iterator, replace_train, tiny_config
 
 from elm_jax.parallel.mesh import global_batch, single_device_mesh
 from elm_jax.train.step import make_train_step
@@ -14,7 +14,7 @@ from elm_jax.train.step import make_train_step
 def setup(tmp_path_factory):
     config = tiny_config(tmp_path_factory.mktemp("run"))
     mesh = single_device_mesh()
-    step = make_train_step(config, mesh)
+    step = make_train_step(config, mesh, compiler_options=FAST_COMPILE)
     return config, mesh, step, step.init()
 
 
@@ -27,7 +27,8 @@ def test_microbatches_equal_one_big_batch(setup):
     batch = global_batch(next(make_iterator(config, "train")), mesh)
     assert 0 < float(batch["loss_mask"].sum()) < batch["loss_mask"].size  # padding is uneven
     big, big_metrics = step(copy(state), batch)
-    micro_step = make_train_step(replace_train(config, microbatches=4), mesh)
+    micro_step = make_train_step(replace_train(config, microbatches=4), mesh,
+                                 compiler_options=FAST_COMPILE)
     micro, micro_metrics = micro_step(copy(state), batch)
     for key in ("loss", "z_loss", "grad_norm", "target_tokens"):
         np.testing.assert_allclose(float(micro_metrics[key]), float(big_metrics[key]), rtol=1e-5)
