@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+from absl import flags
+from absl import logging as absl_logging
+
 from elm_jax.cli import common
 
 CONFIG = common.define_config_flag(common.default_experiment("tiny"))
@@ -13,6 +16,8 @@ CONFIG = common.define_config_flag(common.default_experiment("tiny"))
 
 def _main(argv: list[str]) -> None:
     del argv
+    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; -v 0 brings it back
+        absl_logging.set_verbosity(absl_logging.WARNING)
     config = common.load_config(CONFIG)
     from elm_jax.train.checkpoint import CheckpointError
     from elm_jax.train.loop import TrainingError, train
