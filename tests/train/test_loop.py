@@ -4,7 +4,11 @@ export and ``load_model``, the non-finite stop, and refusing a run directory of 
 import dataclasses
 import functools
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -99,3 +103,18 @@ def test_run_dir_of_another_model_is_refused(trained_run, tmp_path):
                                 train=dataclasses.replace(config.train, run_dir=str(tmp_path)))
     with pytest.raises(TrainingError, match="different model"):
         run(other)
+
+
+def test_elm_convert_exports_a_run_directory(trained_run, tmp_path):
+    config, result = trained_run
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-m", "elm_jax.cli.convert", "--input", str(result.hf_path.parent),
+         "--output", str(tmp_path / "bf16"), "--param_dtype", "bfloat16"],
+        capture_output=True, text=True, cwd=root, env=os.environ | {"PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    cfg, model = load_hf(tmp_path / "bf16")
+    assert cfg.param_dtype == "bfloat16"
+    for got, want in zip(jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
+                         jax.tree.leaves(result.state.params)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want.astype(jnp.bfloat16)))
