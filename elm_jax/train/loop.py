@@ -244,7 +244,7 @@ def train(config: Config, *, make_iterator: IteratorFactory | None = None, token
             result.hf_path = _export_hf(config, state.params, run_dir, step)
             if result.hf_path is not None:
                 say(f"exported HF weights to {result.hf_path}")
-        if tokenizer is not None and tcfg.sample_lines > 0:
+        if tokenizer is not None and tcfg.sample_lines > 0 and jax.process_count() == 1:
             result.samples = _samples(config, state.params, evaluator, tokenizer)
             for text in result.samples:
                 say(f"sample: {text}")
