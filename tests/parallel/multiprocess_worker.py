@@ -62,7 +62,7 @@ def train(run_dir: str, steps: str) -> dict:
     launch = distributed.initialize(config.distributed)
     checkpoints = Path(run_dir) / "checkpoints"
     before = sorted(int(p.name) for p in checkpoints.glob("[0-9]*")) if checkpoints.exists() else []
-    result = run_training(config, export=False, report_entropy=False, show_progress=False)
+    result = run_training(config, export=False, entropy_tokens=0, show_progress=False)
     return dict(mode=launch.mode, process_index=jax.process_index(), steps_before=before,
                 step=result.step, loss=result.train_loss)
 
