@@ -231,20 +231,21 @@ def suggest(result: Plan, step: Step) -> list[Suggestion]:
     out: list[Suggestion] = []
     total_state = _unsharded_bytes(step.state_shapes)
     tensor = mesh.get("tensor", 1)
-    full_fsdp = (("mesh.data", 1), ("mesh.fsdp", -1))
+    # FSDP over every chip of a slice; across slices only data parallelism (see multislice).
+    full_fsdp = (("mesh.data", topology.slices), ("mesh.fsdp", -1))
     if config.mesh.tensor == -1:  # only one axis may be -1
         full_fsdp += (("mesh.tensor", tensor),)
-    full_fsdp_state = total_state / topology.chips
+    full_fsdp_state = total_state / topology.chips_per_slice
     # State (params + Adam moments) dominates: shard it over every chip, or take more chips.
     if result.state_bytes > 0.5 * result.budget_bytes:
-        if mesh.get("fsdp", 1) * tensor < topology.chips:
+        if mesh.get("fsdp", 1) * tensor < topology.chips_per_slice:
             out.append(Suggestion(
                 f"parameters and optimizer state take {result.state_bytes / GIB:.1f} GiB per chip; "
-                f"full FSDP over all {topology.chips} chips leaves {full_fsdp_state / GIB:.1f} GiB",
-                overrides=full_fsdp))
+                f"FSDP over all {topology.chips_per_slice} chips of a slice leaves "
+                f"{full_fsdp_state / GIB:.1f} GiB", overrides=full_fsdp))
         if full_fsdp_state > 0.5 * result.budget_bytes:
             chips = _min_chips_for_state(total_state, topology.chip, 0.5 * result.hbm_fraction)
-            bigger = topo_lib.for_chips(topology.chip, max(chips, 2 * topology.chips))
+            bigger = topo_lib.for_chips(topology.chip, max(chips, 2 * topology.chips_per_slice))
             out.append(Suggestion(
                 f"the full state is {total_state / GIB:.1f} GiB: even fully sharded it needs "
                 f"{bigger.chips} {topology.chip.name} chips to leave half of HBM for activations",
@@ -255,15 +256,32 @@ def suggest(result: Plan, step: Step) -> list[Suggestion]:
                               overrides=(("model.remat_policy", "full"),)))
     per_chip = result.per_chip_batch
     micro = config.train.microbatches
-    if per_chip / micro >= 2 and per_chip % (2 * micro) == 0:
-        out.append(Suggestion(f"accumulate gradients over {2 * micro} microbatches of "
-                              f"{per_chip / (2 * micro):g} sequences per chip (same global batch)",
-                              overrides=(("train.microbatches", 2 * micro),)))
-    if per_chip >= 2:
-        out.append(Suggestion(f"halve the per-chip batch ({per_chip:g} -> {per_chip / 2:g}); "
-                              "--batch_search finds the largest that fits",
-                              overrides=(("train.batch_size", result.global_batch // 2),)))
+    factor = _activation_factor(result)
+    rows = per_chip / micro  # sequences per chip in one microbatch
+    while factor > 1 and (rows % factor or per_chip % (micro * factor)):
+        factor //= 2  # keep microbatches and the batch divisible
+    if factor > 1:
+        out.append(Suggestion(
+            f"accumulate gradients over {micro * factor} microbatches of {rows / factor:g} "
+            "sequences per chip (same global batch; activations shrink about "
+            f"{factor}x)", overrides=(("train.microbatches", micro * factor),)))
+        out.append(Suggestion(
+            f"cut the per-chip batch {per_chip:g} -> {per_chip / factor:g}; --batch_search finds "
+            "the largest that fits", overrides=(("train.batch_size", result.global_batch // factor),)))
     return out
+
+
+def _activation_factor(result: Plan) -> int:
+    """By how much (a power of two) the per-microbatch activations must shrink to fit next to the
+    state: temporaries scale about linearly with the sequences in one microbatch."""
+    room = result.budget_bytes - result.state_bytes - result.batch_bytes
+    needed = result.temp_bytes if result.temp_bytes is not None else result.peak_bytes
+    if room <= 0 or needed is None:
+        return 2
+    factor = 2
+    while factor * room < needed:
+        factor *= 2
+    return factor
 
 
 def verify_suggestions(result: Plan, **plan_kwargs: Any) -> Plan:
