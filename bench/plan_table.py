@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -91,7 +93,7 @@ def rows_for(size: str, topology: topo_lib.Topology, per_chip: int, mfu: float) 
 def markdown(rows: list[dict], args: argparse.Namespace, seconds: float, pending: int) -> str:
     import jax
 
-    header = list(rows[0])
+    header = max((list(r) for r in rows), key=len)
     lines = [
         "# Will it fit? OpenELM on TPU slices",
         "",
@@ -104,13 +106,13 @@ def markdown(rows: list[dict], args: argparse.Namespace, seconds: float, pending
         f"{args.mfu:.0%} MFU on the published peak bf16 FLOP/s; they are not measurements.",
         "",
         f"Generated {datetime.date.today()} with jax {jax.__version__} on {platform.machine()} "
-        f"({os.cpu_count()} CPUs) in {seconds / 60:.0f} min"
-        + (f"; {pending} cell(s) still running." if pending else "."),
+        f"({os.cpu_count()} CPUs, shared with other jobs: the compile times vary with their load)"
+        + (f"; {pending} cell(s) still to plan." if pending else "."),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
-    lines += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
+    lines += ["| " + " | ".join(str(r.get(h, "-")) for h in header) + " |" for r in rows]
     lines += ["", "Reproduce one row: `elm-plan --config experiments/openelm_<size>.py --topology "
               "<slice> --config.train.microbatches=<n>`.", ""]
     return "\n".join(lines)
@@ -124,25 +126,67 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def plan_cell_in_child(cell_name: str, args: argparse.Namespace) -> list[dict]:
+    """Plan one cell in a child process, killed when its host memory passes ``--max-host-gib``:
+    compiling the larger models takes many GiB of RAM, and this machine is shared."""
+    argv = [sys.executable, __file__, "--one", cell_name, "--per-chip", str(args.per_chip),
+            "--mfu", str(args.mfu)]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    peak = 0.0
+    while child.poll() is None:
+        try:
+            status = Path(f"/proc/{child.pid}/status").read_text()
+            peak = max(peak, int(status.split("VmRSS:")[1].split()[0]) / 2 ** 20)
+        except (OSError, IndexError):
+            pass
+        if peak > args.max_host_gib:
+            child.kill()
+            child.wait()
+            size, name = cell_name.split(":")
+            return [{"size": size, "slice": name, "setup": "preset",
+                     "fits": f"not planned: the compile passed {args.max_host_gib:g} GiB of host RAM"}]
+        time.sleep(2)
+    out = child.stdout.read()
+    found = [line for line in out.splitlines() if line.startswith("ROWS ")]
+    if child.returncode or not found:
+        raise SystemExit(f"planning {cell_name} failed (exit {child.returncode})")
+    return json.loads(found[-1][len("ROWS "):])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cells", default=",".join(CELLS), help="size:slice pairs, e.g. 3b:v5p-32")
     p.add_argument("--per-chip", type=int, default=16, help="sequences per chip per microbatch")
     p.add_argument("--mfu", type=float, default=0.4)
     p.add_argument("--out", default=str(REPO / "docs" / "PLANNING.md"))
+    p.add_argument("--max-host-gib", type=float, default=12.0,
+                   help="stop a cell whose compile needs more host RAM than this")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the cells already in the rows file next to --out")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # child mode: plan one cell, print its rows
     args = p.parse_args()
+    if args.one:
+        size, name = args.one.split(":")
+        print("ROWS " + json.dumps(rows_for(size, topo_lib.parse(name), args.per_chip, args.mfu)))
+        return
     cells = [c.split(":") for c in args.cells.split(",")]
     bad = [c for c in cells if len(c) != 2 or c[0] not in SIZES]
     if bad:
         p.error(f"cells must be size:slice with size in {', '.join(SIZES)}; got {bad}")
+    rows_file = Path(args.out).with_suffix(".rows.json")
+    done_cells = json.loads(rows_file.read_text()) if args.resume and rows_file.exists() else {}
     start = time.perf_counter()
-    rows: list[dict] = []
-    for done, (size, name) in enumerate(cells, 1):
-        began = time.perf_counter()
-        print(f"[{done}/{len(cells)}] {size} on {name} ...", flush=True)
-        rows += rows_for(size, topo_lib.parse(name), args.per_chip, args.mfu)
-        print(f"  {rows[-1]['fits']}, {time.perf_counter() - began:.0f} s", flush=True)
-        text = markdown(rows, args, time.perf_counter() - start, len(cells) - done)
+    for count, (size, name) in enumerate(cells, 1):
+        key = f"{size}:{name}"
+        if key not in done_cells:
+            began = time.perf_counter()
+            print(f"[{count}/{len(cells)}] {key} ...", flush=True)
+            done_cells[key] = plan_cell_in_child(key, args)
+            print(f"  {done_cells[key][-1]['fits']}, {time.perf_counter() - began:.0f} s", flush=True)
+            write_atomic(rows_file, json.dumps(done_cells, indent=1))
+        rows = [r for c in cells if f"{c[0]}:{c[1]}" in done_cells for r in done_cells[f"{c[0]}:{c[1]}"]]
+        pending = sum(f"{c[0]}:{c[1]}" not in done_cells for c in cells)
+        text = markdown(rows, args, time.perf_counter() - start, pending)
         write_atomic(Path(args.out), text)
     print(text)
 
