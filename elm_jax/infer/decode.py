@@ -20,6 +20,7 @@ from flax import nnx
 
 from elm_jax.infer.cache import KVCache, forward_cached, init_cache
 from elm_jax.infer.sampling import Sampling, sample
+from elm_jax.infer.sharding import global_batch
 from elm_jax.model import OpenELM
 
 MIN_BUCKET = 16
@@ -33,6 +34,8 @@ class DecodeState(NamedTuple):
     index: jax.Array  # int32 scalar
     done: jax.Array  # bool [batch]: emitted EOS (or a batch-filling dummy row)
     key: jax.Array
+    eos: jax.Array  # int32 [n]: stop tokens (-1 when there are none)
+    pad: jax.Array  # int32 scalar: written after a row is done
 
 
 class Step(NamedTuple):
@@ -93,57 +96,47 @@ def pack_prompts(rows: list[np.ndarray], max_new_tokens: int, *, pad_id: int,
     return Prompts(tokens, start, dummy, lengths, prompt_len)
 
 
-def _is_eos(tokens: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
-    return jnp.isin(tokens, jnp.asarray(eos_ids or (-1,), jnp.int32))
-
-
-def _emit(state: DecodeState, logits: jax.Array, sampling: Sampling, eos_ids: tuple[int, ...],
-          pad_id: int) -> DecodeState:
+def _emit(state: DecodeState, logits: jax.Array, sampling: Sampling) -> DecodeState:
     """Sample the token after ``index`` and write it to ``index + 1``."""
     key, step_key = jax.random.split(state.key)
-    chosen = jnp.where(state.done, pad_id, sample(logits, step_key, sampling))
+    chosen = jnp.where(state.done, state.pad, sample(logits, step_key, sampling))
     tokens = jax.lax.dynamic_update_slice_in_dim(state.tokens, chosen[:, None], state.index + 1,
                                                  axis=1)
-    return DecodeState(state.cache, tokens, state.index + 1, state.done | _is_eos(chosen, eos_ids),
-                       key)
+    done = state.done | jnp.isin(chosen, state.eos)
+    return state._replace(tokens=tokens, index=state.index + 1, done=done, key=key)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "prompt_len", "sampling", "eos_ids",
-                                             "pad_id", "cache_dtype"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "prompt_len", "sampling", "cache_dtype"))
 def _prefill(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, start: jax.Array,
-             dummy: jax.Array, key: jax.Array, *, prompt_len: int, sampling: Sampling,
-             eos_ids: tuple[int, ...], pad_id: int, cache_dtype: str) -> DecodeState:
+             dummy: jax.Array, key: jax.Array, eos: jax.Array, pad: jax.Array, *,
+             prompt_len: int, sampling: Sampling, cache_dtype: str) -> DecodeState:
     model = nnx.merge(graphdef, params)
     cache = init_cache(model, tokens.shape[0], tokens.shape[1], start, jnp.dtype(cache_dtype))
     logits, cache = forward_cached(model, tokens[:, :prompt_len], cache, 0)
-    state = DecodeState(cache, tokens, jnp.int32(prompt_len - 1), dummy, key)
-    return _emit(state, logits, sampling, eos_ids, pad_id)
+    state = DecodeState(cache, tokens, jnp.int32(prompt_len - 1), dummy, key, eos, pad)
+    return _emit(state, logits, sampling)
 
 
-def _step_body(model: OpenELM, state: DecodeState, sampling: Sampling, eos_ids: tuple[int, ...],
-               pad_id: int) -> DecodeState:
+def _step_body(model: OpenELM, state: DecodeState, sampling: Sampling) -> DecodeState:
     newest = jax.lax.dynamic_slice_in_dim(state.tokens, state.index, 1, axis=1)
     logits, cache = forward_cached(model, newest, state.cache, state.index)
-    return _emit(state._replace(cache=cache), logits, sampling, eos_ids, pad_id)
+    return _emit(state._replace(cache=cache), logits, sampling)
 
 
-_STEP_STATIC = ("graphdef", "sampling", "eos_ids", "pad_id")
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling"), donate_argnames=("state",))
+def _step(graphdef: nnx.GraphDef, params: nnx.State, state: DecodeState, *,
+          sampling: Sampling) -> DecodeState:
+    return _step_body(nnx.merge(graphdef, params), state, sampling)
 
 
-@functools.partial(jax.jit, static_argnames=_STEP_STATIC, donate_argnames=("state",))
-def _step(graphdef: nnx.GraphDef, params: nnx.State, state: DecodeState, *, sampling: Sampling,
-          eos_ids: tuple[int, ...], pad_id: int) -> DecodeState:
-    return _step_body(nnx.merge(graphdef, params), state, sampling, eos_ids, pad_id)
-
-
-@functools.partial(jax.jit, static_argnames=_STEP_STATIC, donate_argnames=("state",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling"), donate_argnames=("state",))
 def _decode_loop(graphdef: nnx.GraphDef, params: nnx.State, state: DecodeState, last: jax.Array,
-                 *, sampling: Sampling, eos_ids: tuple[int, ...], pad_id: int) -> DecodeState:
+                 *, sampling: Sampling) -> DecodeState:
     """Decode until slot ``last`` is filled or every row is done."""
     model = nnx.merge(graphdef, params)
     return jax.lax.while_loop(
         lambda s: (s.index < last) & ~jnp.all(s.done),
-        lambda s: _step_body(model, s, sampling, eos_ids, pad_id),
+        lambda s: _step_body(model, s, sampling),
         state)
 
 
@@ -172,13 +165,14 @@ def _request(model: OpenELM, prompt_ids: Any, max_new_tokens: int, *, temperatur
             raise ValueError("sampling with temperature > 0 needs an explicit PRNG key "
                              "(key=jax.random.key(seed))")
         key = jax.random.key(0)
-    eos_ids = () if eos_id is None else tuple(int(e) for e in np.atleast_1d(eos_id))
+    eos_ids = [] if eos_id is None else [int(e) for e in np.atleast_1d(eos_id)]
     pad = pad_id if pad_id is not None else (eos_ids[0] if eos_ids else 0)
     prompts = pack_prompts(as_rows(prompt_ids, prompt_lengths), max_new_tokens, pad_id=pad)
     graphdef, params = nnx.split(model)
-    static = dict(graphdef=graphdef, sampling=sampling, eos_ids=eos_ids, pad_id=pad)
-    state = _prefill(params=params, tokens=jnp.asarray(prompts.tokens),
-                     start=jnp.asarray(prompts.start), dummy=jnp.asarray(prompts.dummy), key=key,
+    static = dict(graphdef=graphdef, sampling=sampling)
+    state = _prefill(params=params, tokens=global_batch(prompts.tokens),
+                     start=global_batch(prompts.start), dummy=global_batch(prompts.dummy), key=key,
+                     eos=jnp.asarray(eos_ids or [-1], jnp.int32), pad=jnp.int32(pad),
                      prompt_len=prompts.prompt_len,
                      cache_dtype=cache_dtype or default_cache_dtype(model), **static)
     return _Request(graphdef, params, prompts, static), state
@@ -218,7 +212,7 @@ def generate(model: OpenELM, prompt_ids: Any, max_new_tokens: int, *, temperatur
     state = _decode_loop(params=request.params, state=state, last=last, **request.static)
     produced = int(state.index) - request.prompts.prompt_len + 1
     return jnp.asarray(_unpack(request.prompts, np.asarray(state.tokens), produced,
-                               max_new_tokens, request.static["pad_id"]))
+                               max_new_tokens, int(state.pad)))
 
 
 def stream(model: OpenELM, prompt_ids: Any, max_new_tokens: int, *, temperature: float = 0.0,
