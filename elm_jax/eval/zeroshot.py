@@ -26,8 +26,16 @@ class TextTokenizer(Protocol):
     """What evaluation needs from a tokenizer (``elm_jax.data.tokenizer.Tokenizer`` has it)."""
 
     bos_id: int
+    eos_id: int
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str, *, bos: bool, eos: bool) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+def encode_text(tokenizer: TextTokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` alone, without BOS or EOS."""
+    return list(tokenizer.encode(text, bos=False, eos=False))
 
 
 def encode_pair(tokenizer: TextTokenizer, context: str, continuation: str, *,
@@ -35,12 +43,12 @@ def encode_pair(tokenizer: TextTokenizer, context: str, continuation: str, *,
     """Context and continuation token ids, split the way lm-eval splits them."""
     prefix = [tokenizer.bos_id] if add_bos else []
     if not context:  # lm-eval conditions on the BOS / EOT token alone
-        return [tokenizer.bos_id], list(tokenizer.encode(continuation))
+        return [tokenizer.bos_id], encode_text(tokenizer, continuation)
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
-    whole = prefix + list(tokenizer.encode(context + continuation))
-    context_ids = prefix + list(tokenizer.encode(context))
+    whole = prefix + encode_text(tokenizer, context + continuation)
+    context_ids = prefix + encode_text(tokenizer, context)
     return context_ids, whole[len(context_ids):]
 
 

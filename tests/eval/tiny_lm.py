@@ -15,8 +15,9 @@ class CharTokenizer:
 
     bos_id, eos_id, vocab_size = 1, 2, 97
 
-    def encode(self, text):
-        return [0 if c == "\n" else ord(c) - 29 for c in text]
+    def encode(self, text, *, bos=True, eos=True):
+        ids = [0 if c == "\n" else ord(c) - 29 for c in text]
+        return [self.bos_id] * bos + ids + [self.eos_id] * eos
 
     def decode(self, ids):
         return "".join("\n" if i == 0 else chr(i + 29) for i in ids if i in range(3, 97) or i == 0)
