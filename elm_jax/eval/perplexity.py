@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from elm_jax.config import Config
 from elm_jax.infer.sharding import global_batch
 from elm_jax.model import OpenELM
 
@@ -67,3 +68,16 @@ def evaluate_loss(model: OpenELM, batches: Iterable[Mapping[str, np.ndarray]], *
                          "masked (check data.sources and the validation split)")
     loss = float(total) / tokens
     return LossResult(loss, math.exp(loss), tokens, seen)
+
+
+def held_out_loss(model: OpenELM, config: Config, *, max_batches: int | None = None,
+                  split: str = "validation") -> LossResult:
+    """Loss on the experiment's held-out split, read through the data pipeline from the start.
+
+    ``max_batches`` defaults to ``config.train.eval_batches`` (0 = the whole split). A fresh
+    iterator each call, so every evaluation during training sees the same rows.
+    """
+    from elm_jax.data.pipeline import make_iterator
+
+    limit = config.train.eval_batches if max_batches is None else max_batches
+    return evaluate_loss(model, make_iterator(config, split), max_batches=limit or None)

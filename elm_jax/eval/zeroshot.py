@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -98,12 +98,13 @@ def evaluate_questions(model: OpenELM, tokenizer: TextTokenizer, name: str,
 
 def evaluate_tasks(model: OpenELM, tokenizer: TextTokenizer, names: Sequence[str],
                    data_dir: str | Path, *, add_bos: bool = True, batch_size: int = 16,
-                   limit: int | None = None) -> list[TaskResult]:
-    """Each task from ``data_dir/<task>.jsonl`` (the first ``limit`` documents if given)."""
-    tasks = [get_task(n) for n in names]  # fail on a bad name before any work
-    results = []
+                   limit: int | None = None) -> Iterator[TaskResult]:
+    """Each task from ``data_dir/<task>.jsonl`` (the first ``limit`` documents if given).
+
+    Yields each task's result as soon as it is done; every name is checked before any work.
+    """
+    tasks = [get_task(n) for n in names]
     for task in tasks:
         questions = load_questions(task, Path(data_dir) / f"{task.name}.jsonl")[:limit]
-        results.append(evaluate_questions(model, tokenizer, task.name, questions,
-                                          add_bos=add_bos, batch_size=batch_size))
-    return results
+        yield evaluate_questions(model, tokenizer, task.name, questions, add_bos=add_bos,
+                                 batch_size=batch_size)

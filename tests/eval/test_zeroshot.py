@@ -87,7 +87,7 @@ def _arc_docs():
 def test_task_metrics_match_hand_computed_references(tiny_hf, tokenizer, tmp_path):
     docs = _arc_docs()
     (tmp_path / "arc_easy.jsonl").write_text("\n".join(json.dumps(d) for d in docs))
-    (result,) = evaluate_tasks(tiny_hf[0], tokenizer, ["arc_easy"], tmp_path, batch_size=4)
+    (result,) = list(evaluate_tasks(tiny_hf[0], tokenizer, ["arc_easy"], tmp_path, batch_size=4))
     from elm_jax.eval.tasks import arc
     acc, acc_norm = _reference_metrics(tiny_hf, tokenizer, [arc(d) for d in docs])
     assert result.count == 6 and acc != acc_norm  # the docs tell the two metrics apart
@@ -108,10 +108,10 @@ def test_winogrande_scores_only_the_shared_continuation(tiny_hf, tokenizer):
 
 def test_missing_data_and_unknown_tasks_are_clear(tiny_hf, tokenizer, tmp_path):
     with pytest.raises(KeyError, match="known tasks"):
-        evaluate_tasks(tiny_hf[0], tokenizer, ["arc_easy", "mmlu"], tmp_path)
+        list(evaluate_tasks(tiny_hf[0], tokenizer, ["arc_easy", "mmlu"], tmp_path))
     with pytest.raises(FileNotFoundError, match="goal, sol1, sol2, label"):
-        evaluate_tasks(tiny_hf[0], tokenizer, ["piqa"], tmp_path)
+        list(evaluate_tasks(tiny_hf[0], tokenizer, ["piqa"], tmp_path))
     (tmp_path / "piqa.jsonl").write_text('{"goal": "x", "sol1": "a", "sol2": "b", "label": 0}\n'
                                          '{"goal": "y"}\n')
     with pytest.raises(ValueError, match="piqa.jsonl:2"):
-        evaluate_tasks(tiny_hf[0], tokenizer, ["piqa"], tmp_path)
+        list(evaluate_tasks(tiny_hf[0], tokenizer, ["piqa"], tmp_path))
