@@ -80,13 +80,12 @@ def as_rows(prompt_ids: Any, prompt_lengths: Sequence[int] | None = None) -> lis
     return [row.astype(np.int32) for row in rows]
 
 
-def pack_prompts(rows: list[np.ndarray], max_new_tokens: int, *, pad_id: int,
-                 batch_bucket: int | None = None) -> Prompts:
+def pack_prompts(rows: list[np.ndarray], max_new_tokens: int, *, pad_id: int) -> Prompts:
     """Left-pad ``rows`` into a bucketed buffer with room for ``max_new_tokens``."""
     lengths = np.array([len(r) for r in rows], np.int32)
     prompt_len = bucket(int(lengths.max()))
     total = bucket(prompt_len + max_new_tokens)
-    batch = batch_bucket or bucket(len(rows), minimum=1)
+    batch = bucket(len(rows), minimum=1)
     tokens = np.full((batch, total), pad_id, np.int32)
     start = np.full(batch, prompt_len - 1, np.int32)  # dummy rows: one token
     for i, row in enumerate(rows):
@@ -167,7 +166,12 @@ def _request(model: OpenELM, prompt_ids: Any, max_new_tokens: int, *, temperatur
         key = jax.random.key(0)
     eos_ids = [] if eos_id is None else [int(e) for e in np.atleast_1d(eos_id)]
     pad = pad_id if pad_id is not None else (eos_ids[0] if eos_ids else 0)
-    prompts = pack_prompts(as_rows(prompt_ids, prompt_lengths), max_new_tokens, pad_id=pad)
+    rows = as_rows(prompt_ids, prompt_lengths)
+    vocab = model.cfg.vocab_size
+    for i, row in enumerate(rows):
+        if row.min() < 0 or row.max() >= vocab:
+            raise ValueError(f"prompt {i} holds token ids outside [0, {vocab}): wrong tokenizer?")
+    prompts = pack_prompts(rows, max_new_tokens, pad_id=pad)
     graphdef, params = nnx.split(model)
     static = dict(graphdef=graphdef, sampling=sampling)
     state = _prefill(params=params, tokens=global_batch(prompts.tokens),

@@ -181,7 +181,8 @@ def test_tensor_parallel_decode_matches_single_device(model, prompts, reference)
 
 
 @pytest.mark.parametrize("prompt_ids, new, match", [
-    ([[1, 2], []], 3, "non-empty"), ([], 3, "no prompts"), ([[1, 2]], 0, "max_new_tokens")])
+    ([[1, 2], []], 3, "non-empty"), ([], 3, "no prompts"), ([[1, 2]], 0, "max_new_tokens"),
+    ([[1, 97]], 3, "outside")])
 def test_bad_requests_are_refused(model, prompt_ids, new, match):
     with pytest.raises(ValueError, match=match):
         generate(model, prompt_ids, new)
