@@ -72,12 +72,17 @@ def evaluate_loss(model: OpenELM, batches: Iterable[Mapping[str, np.ndarray]], *
 
 def held_out_loss(model: OpenELM, config: Config, *, max_batches: int | None = None,
                   split: str = "validation") -> LossResult:
-    """Loss on the experiment's held-out split, read through the data pipeline from the start.
+    """Loss on the experiment's held-out split, read through the data pipeline from its start.
 
-    ``max_batches`` defaults to ``config.train.eval_batches`` (0 = the whole split). A fresh
-    iterator each call, so every evaluation during training sees the same rows.
+    ``max_batches`` defaults to ``config.train.eval_batches``; 0 means one whole pass over the
+    split (single process only: processes could see different batch counts). A fresh iterator
+    each call, so every evaluation during training scores the same rows.
     """
     from elm_jax.data.pipeline import make_iterator
 
     limit = config.train.eval_batches if max_batches is None else max_batches
-    return evaluate_loss(model, make_iterator(config, split), max_batches=limit or None)
+    if not limit and jax.process_count() > 1:
+        raise ValueError("a whole-split evaluation needs one process; set train.eval_batches "
+                         "(or max_batches) to a positive number of batches")
+    batches = make_iterator(config, split, num_epochs=None if limit else 1)
+    return evaluate_loss(model, batches, max_batches=limit or None)

@@ -1,5 +1,6 @@
 """Held-out loss over pipeline-shaped batches against the NumPy forward pass."""
 
+import json
 import math
 
 import jax
@@ -64,3 +65,37 @@ def test_empty_or_malformed_input_is_refused(tiny_hf):
     with pytest.raises(KeyError, match="loss_mask"):
         evaluate_loss(tiny_hf[0], [{"inputs": np.zeros((1, 4), np.int32),
                                     "targets": np.zeros((1, 4), np.int32)}])
+
+
+def test_held_out_loss_reads_the_validation_split_from_its_start(tmp_path):
+    from cli_helpers import TEXT, VOCAB, write_tokenizer
+
+    from elm_jax.config import default_config, from_config_dict
+    from elm_jax.data.pipeline import make_iterator
+    from elm_jax.eval.perplexity import held_out_loss
+    from elm_jax.model import build
+
+    def jsonl(name, lines):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"text": " ".join(lines[i:] + lines[:i])}) + "\n"
+                                for i in range(len(lines))))
+        return str(path)
+
+    cd = default_config()
+    cd.model.update(vocab_size=VOCAB + 10, num_layers=2, model_dim=64, head_dim=16)
+    cd.data.update(sources=[{"kind": "jsonl", "train": jsonl("train.jsonl", TEXT[:6]),
+                             "validation": jsonl("val.jsonl", TEXT[6:])}],
+                   tokenizer=str(write_tokenizer(tmp_path / "tok.model")), pad_id=VOCAB,
+                   seq_len=16, mode="pack", words_per_piece=64, min_chars=10, min_tokens=4,
+                   cache_dir=str(tmp_path / "cache"))
+    cd.train.update(batch_size=2, eval_batches=2)
+    config = from_config_dict(cd)
+    model = build(config.model, seed=0)
+    first, again = held_out_loss(model, config), held_out_loss(model, config)
+    assert first == again and first.batches == 2  # a fresh iterator each call
+    direct = evaluate_loss(model, make_iterator(config, "validation"), max_batches=2)
+    assert first.loss == pytest.approx(direct.loss, rel=1e-6) and first.tokens == direct.tokens
+    whole = held_out_loss(model, config, max_batches=0)  # one pass over the split
+    tokens = sum(int(b["loss_mask"].sum())
+                 for b in make_iterator(config, "validation", num_epochs=1))
+    assert whole.tokens == tokens
