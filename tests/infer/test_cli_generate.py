@@ -10,6 +10,7 @@ from elm_jax.convert.hf import load_hf
 from elm_jax.data.tokenizer import Tokenizer
 from elm_jax.infer import generate
 
+
 def test_generate_streams_the_greedy_completion(random_hf_checkpoint, tmp_path):
     cfg = ModelConfig(vocab_size=VOCAB + 10, num_layers=2, model_dim=64, head_dim=16,
                       num_gqa_groups=2, ffn_dim_divisor=32)
