@@ -64,6 +64,9 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"
     attention_impl: str = "auto"
+    # Run the Pallas attention kernels in the Pallas interpreter (any platform, numerics only,
+    # slow): lets attention_impl="pallas" be tested on CPU. Ignored by "xla" and "cudnn".
+    attention_interpret: bool = False
     remat_policy: str = "none"
     remat_layers: tuple[int, ...] | None = None  # None = every layer gets remat_policy
 
@@ -85,6 +88,8 @@ class ModelConfig:
         _choice("model.param_dtype", self.param_dtype, DTYPES)
         _choice("model.dtype", self.dtype, DTYPES)
         _choice("model.attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        if not isinstance(self.attention_interpret, bool):
+            _fail("model.attention_interpret", self.attention_interpret, "True or False")
         _choice("model.remat_policy", self.remat_policy, REMAT_POLICIES)
         if self.remat_layers is not None and any(
             not 0 <= i < self.num_layers for i in self.remat_layers
@@ -150,6 +155,9 @@ class DataConfig:
             _choice(f"data.sources[{i}].kind", kind, SOURCE_KINDS)
             if float(src.get("weight", 1.0)) <= 0:
                 _fail(f"data.sources[{i}].weight", src.get("weight"), "a positive mixture weight")
+            from elm_jax.data.sources import check_source  # the keys each source kind takes
+
+            check_source(i, src)
         for name in ("seq_len", "words_per_piece", "tokenizer_vocab_size", "tokenizer_threads"):
             _positive(f"data.{name}", getattr(self, name))
         for name in ("min_chars", "min_tokens", "num_workers", "shuffle_seed", "bos_id",

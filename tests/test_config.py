@@ -69,3 +69,10 @@ def test_experiment_files_load_and_validate():
         config = from_config_dict(config_flags.config_flags._LoadConfigModule(
             path.stem, str(path)).get_config())
         assert config.model.num_layers > 0
+
+
+def test_attention_interpret_must_be_a_bool():
+    raw = default_config().to_dict()
+    raw["model"]["attention_interpret"] = "yes"
+    with pytest.raises(ConfigError, match="model.attention_interpret.*True or False"):
+        from_config_dict(raw)

@@ -1,12 +1,129 @@
-"""The one attention entry point: the model calls this and never knows which kernel runs."""
+"""The one attention entry point: the model calls this and never knows which kernel runs.
+
+``impl`` picks the kernel:
+
+- ``xla``: ``reference.xla_attention`` (materialises the scores; the CPU default).
+- ``pallas_tpu`` / ``pallas_gpu``: our flash kernels (``flash_tpu``, ``flash_gpu``); ``pallas``
+  means this platform's one. With ``interpret=True`` they run in the Pallas interpreter on any
+  platform (numerics only; on CPU ``pallas`` then means the TPU kernel).
+- ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")``, NVIDIA GPUs only.
+- ``auto``: the fastest measured choice for the platform (``AUTO``; see docs/PERFORMANCE.md).
+
+A request the platform cannot serve raises ``ValueError`` naming the fix; nothing falls back
+silently. The platform is the ambient mesh's device platform (``jax.set_mesh``), so AOT compiles
+for a TPU topology from a CPU host choose TPU kernels, else ``jax.default_backend()``.
+
+Under an ambient mesh the Pallas kernels run inside ``shard_map`` (Mosaic kernels cannot be
+partitioned automatically; Triton ones would be gathered onto every device): batch is split over
+the mesh's ``"data"`` and ``"fsdp"`` axes and heads over ``"tensor"``. When the head counts (or
+the batch) do not divide by those axes, that dimension is replicated for this call instead, which
+is correct but makes each device compute every head (or sequence): choose head counts that divide
+the tensor axis to avoid it.
+"""
 
 from __future__ import annotations
 
-import jax
+import functools
+import math
 
-from elm_jax.kernels.reference import xla_attention
+import jax
+from jax.sharding import PartitionSpec as P
+
+from elm_jax.kernels.reference import attention_mask, xla_attention
 
 IMPLS = ("auto", "xla", "pallas", "pallas_tpu", "pallas_gpu", "cudnn")
+BATCH_AXES = ("data", "fsdp")
+HEAD_AXIS = "tensor"
+
+# platform -> fastest measured implementation (docs/PERFORMANCE.md, "Attention"; bench/gpu.sh
+# prints which impl won). cpu: the kernels only interpret there. tpu: no TPU measurement yet; the
+# flash kernel is chosen because XLA materialises [batch, heads, seq, seq] scores, which stops
+# fitting long before the flash kernel's O(seq) memory does. gpu: not measured yet, cuDNN (the
+# vendor kernel) for half precision and pallas_gpu for float32, which cuDNN does not take.
+AUTO = {"cpu": "xla", "tpu": "pallas_tpu", "gpu": "cudnn"}
+_PALLAS = {"tpu": "pallas_tpu", "gpu": "pallas_gpu", "cpu": "pallas_tpu"}
+_NEEDS = {"pallas_tpu": "tpu", "pallas_gpu": "gpu", "cudnn": "gpu"}
+
+
+def target_platform() -> str:
+    """``"tpu"``, ``"gpu"`` or ``"cpu"``: the ambient mesh's devices, else the default backend."""
+    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+    platform = device.platform if device is not None else jax.default_backend()
+    return "gpu" if platform in ("cuda", "rocm") else platform
+
+
+def resolve_impl(impl: str, *, platform: str, interpret: bool, dtype=None) -> str:
+    """The concrete implementation ``impl`` means here, or a ``ValueError`` that names the fix."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown attention impl {impl!r}; choose one of {', '.join(IMPLS)}")
+    if impl == "auto":
+        impl = AUTO.get(platform, "xla")
+        if impl == "cudnn" and not _cudnn_serves(dtype):
+            impl = "pallas_gpu"
+    if impl == "pallas":
+        if platform not in ("tpu", "gpu") and not interpret:
+            raise ValueError(f"attention impl 'pallas' needs a TPU or GPU, but the platform is "
+                             f"{platform}; use impl='xla', or interpret=True to run the Pallas "
+                             "kernels in the interpreter (slow, for testing)")
+        impl = _PALLAS.get(platform, "pallas_tpu")
+    needed = _NEEDS.get(impl)
+    if needed and platform != needed and not (interpret and impl != "cudnn"):
+        hint = ("" if impl == "cudnn" else
+                ", or interpret=True to run the kernel in the Pallas interpreter")
+        raise ValueError(f"attention impl {impl!r} runs on {needed.upper()} only, but the "
+                         f"platform is {platform}; use impl='auto' or 'xla'{hint}")
+    if impl == "cudnn" and not _cudnn_serves(dtype):
+        raise ValueError(f"attention impl 'cudnn' needs bfloat16 or float16 inputs (got {dtype}); "
+                         "use impl='pallas_gpu' or 'xla' for float32")
+    return impl
+
+
+def _cudnn_serves(dtype) -> bool:
+    """cuDNN's flash attention takes half precision only (segment ids go in as a boolean mask)."""
+    return dtype is None or jax.numpy.dtype(dtype) in (jax.numpy.bfloat16, jax.numpy.float16)
+
+
+def _cudnn_attention(q, k, v, segment_ids, causal):
+    mask = None
+    if segment_ids is not None:
+        mask = attention_mask(q.shape[1], k.shape[1], causal=False, q_segment_ids=segment_ids)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
+                                        implementation="cudnn")
+
+
+def _flash(impl: str):
+    if impl == "pallas_tpu":
+        from elm_jax.kernels.flash_tpu import flash_attention_tpu
+        return flash_attention_tpu
+    from elm_jax.kernels.flash_gpu import flash_attention_gpu
+    return flash_attention_gpu
+
+
+def _mesh_axes(mesh, names: tuple[str, ...], size: int) -> tuple[str, ...] | None:
+    """The mesh axes among ``names`` that may split a dimension of ``size``, or None to replicate."""
+    manual = set(getattr(mesh, "manual_axes", ()))
+    axes = tuple(a for a in names if a in mesh.axis_names and a not in manual)
+    if not axes or size % math.prod(mesh.shape[a] for a in axes):
+        return None
+    return axes
+
+
+def per_shard(fn, q: jax.Array, k: jax.Array, v: jax.Array,
+              segment_ids: jax.Array | None) -> jax.Array:
+    """Run ``fn(q, k, v, segment_ids)`` on each device's batch/head shard of the ambient mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return fn(q, k, v, segment_ids)
+    batch = _mesh_axes(mesh, BATCH_AXES, q.shape[0])
+    heads = _mesh_axes(mesh, (HEAD_AXIS,), math.gcd(q.shape[2], k.shape[2]))
+    if batch is None and heads is None:
+        return fn(q, k, v, segment_ids)
+    spec = P(batch, None, heads, None)
+    if segment_ids is None:
+        return jax.shard_map(lambda q, k, v: fn(q, k, v, None), mesh=mesh,
+                             in_specs=(spec,) * 3, out_specs=spec, check_vma=False)(q, k, v)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * 3 + (P(batch, None),),
+                         out_specs=spec, check_vma=False)(q, k, v, segment_ids)
 
 
 def attention(
@@ -23,12 +140,12 @@ def attention(
 
     q ``[batch, seq, q_heads, head_dim]``, k and v ``[batch, seq, kv_heads, head_dim]``,
     ``segment_ids`` int32 ``[batch, seq]`` (tokens attend only within their segment).
-    Returns q's shape and dtype.
+    Returns q's shape and dtype. ``interpret`` runs the Pallas kernels in the interpreter.
     """
-    if impl not in IMPLS:
-        raise ValueError(f"unknown attention impl {impl!r}; choose one of {', '.join(IMPLS)}")
-    if impl in ("auto", "xla"):
+    impl = resolve_impl(impl, platform=target_platform(), interpret=interpret, dtype=q.dtype)
+    if impl == "xla":
         return xla_attention(q, k, v, segment_ids=segment_ids, causal=causal)
-    raise NotImplementedError(
-        f"attention impl {impl!r} is not available in this build; use impl='xla'"
-    )
+    if impl == "cudnn":
+        return _cudnn_attention(q, k, v, segment_ids, causal)
+    kernel = functools.partial(_flash(impl), causal=causal, interpret=interpret)
+    return per_shard(lambda q, k, v, s: kernel(q, k, v, s), q, k, v, segment_ids)

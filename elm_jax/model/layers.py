@@ -68,10 +68,12 @@ class Attention(nnx.Module):
 
     def __init__(self, *, model_dim: int, q_heads: int, kv_heads: int, head_dim: int,
                  num_layers: int, eps: float, rope_theta: float, attention_impl: str,
-                 dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs):
+                 dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs,
+                 attention_interpret: bool = False):
         self.head_dim = head_dim
         self.rope_theta = rope_theta
         self.attention_impl = attention_impl
+        self.attention_interpret = attention_interpret
         self.dtype = dtype
         in_init = normal(model_dim ** -0.5)
         out_init = normal(model_dim ** -0.5 * (2 * num_layers) ** -0.5)
@@ -106,7 +108,7 @@ class Attention(nnx.Module):
                  segment_ids: jax.Array | None = None) -> jax.Array:
         q, k, v = self.project(x, positions)
         attended = attention(q, k, v, segment_ids=segment_ids, causal=True,
-                             impl=self.attention_impl)
+                             impl=self.attention_impl, interpret=self.attention_interpret)
         attended = checkpoint_name(attended, "attention_out")
         return self.output(attended)
 

@@ -36,7 +36,7 @@ class DecoderLayer(nnx.Module):
             model_dim=cfg.model_dim, q_heads=shape.q_heads, kv_heads=shape.kv_heads,
             head_dim=cfg.head_dim, num_layers=cfg.num_layers, eps=cfg.norm_eps,
             rope_theta=cfg.rope_theta, attention_impl=cfg.attention_impl, dtype=dtype,
-            param_dtype=param_dtype, rngs=rngs,
+            param_dtype=param_dtype, rngs=rngs, attention_interpret=cfg.attention_interpret,
         )
         self.ffn_norm = RMSNorm(cfg.model_dim, **norm)
         self.ffn = SwiGLU(model_dim=cfg.model_dim, ffn_dim=shape.ffn_dim,

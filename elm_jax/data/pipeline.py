@@ -1,0 +1,274 @@
+"""Grain pipelines: documents -> pieces -> filters -> tokens -> pad | pack rows -> mixture -> batches.
+
+Per source: global shuffle of documents (seeded, reshuffled each epoch) -> this process's slice ->
+repeat -> cut into ``data.words_per_piece``-word pieces -> character filter -> SentencePiece with
+BOS/EOS -> token filter -> rows (``pad``: the paper's truncate / right-pad to ``seq_len + 1``;
+``pack``: concatenate-then-split with per-document segment ids and positions). Sources are mixed
+row by row with the configured weights, rows are batched to ``train.batch_size // process_count``,
+and ``data.num_workers`` grain worker processes produce the batches (0: the calling thread does).
+
+Every batch is a dict of NumPy arrays ``inputs``, ``targets`` (int32 [local_batch, seq_len]),
+``loss_mask`` (float32, 0 on padding), ``segment_ids`` (int32, 0 = padding, documents from 1),
+``positions`` (int32, restarting per document). The iterator's ``get_state()`` / ``set_state()``
+(grain's orbax handler) resume the stream exactly, worker processes included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from elm_jax.config import ConfigError
+from elm_jax.data.errors import DataError
+
+if TYPE_CHECKING:
+    import grain
+
+    from elm_jax.config import Config
+    from elm_jax.data.sources import DocumentSource
+    from elm_jax.data.tokenizer import Tokenizer
+
+PROBE_DOCUMENTS = 10_000  # documents checked up front for at least one usable piece
+READ_THREADS = 2
+READ_BUFFER = 32
+PREFETCH_BATCHES = 2
+MIN_SHM_BYTES = 1 << 20  # arrays below this size go to the main process by copy, not shared memory
+TOKENIZER_BATCH_CHARS = 1 << 16  # characters encoded per SentencePiece call (per thread)
+
+
+def make_iterator(config: Config, split: str, *, process_index: int | None = None,
+                  process_count: int | None = None, num_epochs: int | None = None,
+                  num_workers: int | None = None, tokenizer: Tokenizer | None = None
+                  ) -> grain.DatasetIterator:
+    """This process's batches of ``split`` ("train" or "validation").
+
+    Endless by default (``num_epochs=None``), so every process gets the same number of batches;
+    pass ``num_epochs`` for a finite single-process pass. Process index and count default to JAX's.
+    ``num_workers`` overrides ``data.num_workers`` (e.g. 0 for a few evaluation batches, which
+    then need no worker start-up); the same iterator started again gives the same batches.
+    """
+    return iter(make_dataset(config, split, process_index=process_index, process_count=process_count,
+                             num_epochs=num_epochs, num_workers=num_workers, tokenizer=tokenizer))
+
+
+def make_dataset(config: Config, split: str, *, process_index: int | None = None,
+                 process_count: int | None = None, num_epochs: int | None = None,
+                 num_workers: int | None = None, tokenizer: Tokenizer | None = None
+                 ) -> grain.IterDataset:
+    """The grain dataset behind :func:`make_iterator` (for benchmarks and inspection)."""
+    import grain
+
+    from elm_jax.data.stages import CheckedStateIterDataset
+    from elm_jax.data.tokenizer import load_tokenizer
+
+    process_index, process_count = _process(process_index, process_count)
+    batch = config.train.batch_size
+    if batch % process_count:
+        raise ConfigError(f"train.batch_size={batch} is not divisible by the {process_count} "
+                          "processes; every process must load the same number of rows")
+    tokenizer = tokenizer or load_tokenizer(config)
+    sources = _open_sources(config, split)
+    rows = {}
+    for index, (name, src, weight) in enumerate(sources):
+        _probe(config, src, tokenizer)
+        docs = _documents(config, src, index, process_index, process_count, num_epochs)
+        rows[name] = (_rows(config, docs, src, tokenizer), weight)
+    if len(rows) == 1:
+        ds = next(iter(rows.values()))[0]
+    else:
+        ds = grain.IterDataset.mix({k: v[0] for k, v in rows.items()}, {k: v[1] for k, v in rows.items()})
+    ds = ds.batch(batch // process_count, drop_remainder=True)
+    workers = config.data.num_workers if num_workers is None else num_workers
+    if workers:
+        _absl_flags_parsed()
+        # Small batches travel faster pickled than through a shared-memory block each.
+        ds = grain.experimental.WithOptionsIterDataset(
+            ds, grain.experimental.DatasetOptions(min_shm_size=MIN_SHM_BYTES))
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                         per_worker_buffer_size=PREFETCH_BATCHES))
+        ds = ds.map(_own_memory)
+    meta = {"split": split, "num_workers": workers, "process_index": process_index,
+            "process_count": process_count, "fingerprint": fingerprint(config)}
+    return CheckedStateIterDataset(ds, meta)
+
+
+def _own_memory(batch: dict[str, Any]) -> dict[str, Any]:
+    """Copy out of grain's shared-memory blocks, so the consumer may keep a batch for as long as it
+    likes and the blocks are released at once."""
+    import numpy as np
+
+    return {key: np.array(value) for key, value in batch.items()}
+
+
+def _absl_flags_parsed() -> None:
+    """Grain's worker start reads absl flags: outside an absl app, use their defaults."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _process(index: int | None, count: int | None) -> tuple[int, int]:
+    if index is None or count is None:
+        import jax
+
+        index = jax.process_index() if index is None else index
+        count = jax.process_count() if count is None else count
+    if not 0 <= index < count:
+        raise ConfigError(f"process_index={index} is outside [0, process_count={count})")
+    return index, count
+
+
+def _open_sources(config: Config, split: str) -> list[tuple[str, DocumentSource, float]]:
+    from elm_jax.data.sources import open_source, source_name
+
+    opened = []
+    for i, spec in enumerate(config.data.sources):
+        src = open_source(i, spec, split, config.data.cache_dir)
+        if src is None:
+            continue
+        if len(src) == 0:
+            raise DataError(f"data.sources[{i}] ({source_name(i, spec)}) has no documents in its "
+                            f"{split!r} split; point it at data or remove it")
+        opened.append((src.name, src, float(spec.get("weight", 1.0))))
+    if not opened:
+        raise DataError(f"no source in data.sources has a {split!r} split; give at least one source "
+                        f"a '{split}' path")
+    names = [name for name, _, _ in opened]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"data.sources names {names} repeat; give each source a distinct 'name'")
+    return opened
+
+
+def _seed(config: Config, index: int) -> int:
+    import numpy as np
+
+    return int(np.random.SeedSequence([config.data.shuffle_seed, index]).generate_state(1)[0])
+
+
+def _documents(config: Config, src: DocumentSource, index: int, process_index: int,
+               process_count: int, num_epochs: int | None) -> grain.MapDataset:
+    """Shuffled, this process's slice, repeated: random access to ``(index, raw)`` records."""
+    import grain
+
+    if len(src) < process_count:
+        raise DataError(f"source {src.name!r} has {len(src)} documents, fewer than the "
+                        f"{process_count} processes that must share it")
+    docs = grain.MapDataset.source(src).shuffle(seed=_seed(config, index))
+    return docs[process_index::process_count].repeat(num_epochs)
+
+
+def _pieces(config: Config, docs: grain.MapDataset, src: DocumentSource,
+            tokenizer: Tokenizer) -> grain.IterDataset:
+    import grain
+
+    from elm_jax.data.stages import PiecesIterDataset
+
+    data = config.data
+    read = grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=READ_BUFFER)
+    return PiecesIterDataset(docs.to_iter_dataset(read), source=src, tokenizer=tokenizer,
+                             words_per_piece=data.words_per_piece, min_chars=data.min_chars,
+                             min_tokens=data.min_tokens,
+                             max_tokens=data.seq_len + 1 if data.mode == "pad" else None,
+                             batch_chars=TOKENIZER_BATCH_CHARS)
+
+
+def _rows(config: Config, docs: grain.MapDataset, src: DocumentSource,
+          tokenizer: Tokenizer) -> grain.IterDataset:
+    import functools
+
+    from elm_jax.data import stages
+
+    data = config.data
+    pieces = _pieces(config, docs, src, tokenizer)
+    if data.mode == "pad":
+        return pieces.map(functools.partial(stages.pad_row, seq_len=data.seq_len, pad_id=data.pad_id))
+    return stages.PackIterDataset(pieces, seq_len=data.seq_len, pad_id=data.pad_id)
+
+
+def _probe(config: Config, src: DocumentSource, tokenizer: Tokenizer) -> None:
+    """Fail now, with counters, when none of the first documents yields a usable piece."""
+    import grain
+
+    docs = grain.MapDataset.source(src)[:PROBE_DOCUMENTS]
+    it = iter(_pieces(config, docs, src, tokenizer))
+    try:
+        next(it)
+    except StopIteration:
+        counters = _counters_of(it.get_state())[src.name]
+        checked = counters["documents"]
+        raise DataError(
+            f"source {src.name!r}: none of its first {checked} documents gives a piece that passes the "
+            f"filters (counters: {_nonzero(counters)}); check the source's field / format, or lower "
+            f"data.min_chars={config.data.min_chars} / data.min_tokens={config.data.min_tokens}"
+        ) from None
+    finally:
+        it.close()
+
+
+def _nonzero(counters: Mapping[str, int]) -> dict[str, int]:
+    return {k: v for k, v in counters.items() if v}
+
+
+def fingerprint(config: Config) -> str:
+    """Hash of everything the stream's content depends on (stored with the iterator state)."""
+    data = dataclasses.asdict(config.data)
+    data["sources"] = [dict(s) for s in config.data.sources]
+    data["batch_size"] = config.train.batch_size
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _walk(state: Any) -> Iterator[dict[str, Any]]:
+    from elm_jax.data.stages import STATE_KEY
+
+    if isinstance(state, Mapping):
+        if STATE_KEY in state:
+            yield state[STATE_KEY]
+        for value in state.values():
+            yield from _walk(value)
+    elif isinstance(state, (list, tuple)):
+        for value in state:
+            yield from _walk(value)
+
+
+def _counters_of(state: Any) -> dict[str, dict[str, int]]:
+    from elm_jax.data.stages import COUNTERS
+
+    per_source: dict[str, dict[str, int]] = {}
+    for found in _walk(state):
+        totals = per_source.setdefault(found["source"], dict.fromkeys(COUNTERS, 0))
+        for key in COUNTERS:
+            totals[key] += int(found.get(key, 0))
+    return per_source
+
+
+def stats(iterator: grain.DatasetIterator) -> dict[str, dict[str, int]]:
+    """Counters of what was read, filtered (by rule) and emitted, per source and in ``"total"``.
+
+    Summed over worker processes, as of the last batch this process consumed (they may run ahead of
+    it by one tokenizer batch). Names: see ``elm_jax.data.stages.COUNTERS``.
+    """
+    from elm_jax.data.stages import COUNTERS
+
+    per_source = _counters_of(iterator.get_state())
+    total = {key: sum(c[key] for c in per_source.values()) for key in COUNTERS}
+    return {**per_source, "total": total}
+
+
+def document_texts(config: Config, split: str, *, limit: int | None = None) -> Iterator[str]:
+    """The raw texts of every configured source (up to ``limit`` documents each), for tokenizer
+    training: no shuffling, pieces or filters; bad records are skipped."""
+    from elm_jax.data.sources import BadRecord
+
+    def decode(raw: bytes) -> str:
+        return raw.decode("utf-8", errors="replace")
+
+    for _, src, _ in _open_sources(config, split):
+        for i in range(min(len(src), limit or len(src))):
+            try:
+                yield src.parse(src[i][1], decode)
+            except BadRecord:
+                continue

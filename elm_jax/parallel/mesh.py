@@ -1,0 +1,197 @@
+"""The device mesh ("data", "fsdp", "tensor"), logical-axis rules, and the shardings they imply.
+
+Every parameter names its dimensions (``logical_axes`` metadata, e.g. ``("embed", "heads",
+"head_dim")``); ``DEFAULT_RULES`` maps those names to mesh axes. Pure data parallelism, FSDP and
+FSDP + tensor parallelism are therefore mesh sizes in the config, never a code change.
+
+OpenELM's layers have different head counts, so the tensor axis may divide some layers' heads and not
+others. The rule: a module's head dimensions (``heads`` and ``kv_heads`` of one attention block) are
+sharded together or not at all; a layer whose query or kv head count the tensor axis does not divide
+keeps all its attention weights replicated over ``tensor`` (its FFN stays sharded).
+``sharding_report`` lists those layers. Any other dimension that its mesh axes do not divide (e.g. an
+odd vocabulary) is replicated likewise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from elm_jax.config import ConfigError, MeshConfig, ModelConfig
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# logical axis -> mesh axes (None: replicated). "batch" is the leading dimension of every input.
+DEFAULT_RULES: Mapping[str, tuple[str, ...] | None] = {
+    "batch": BATCH_AXES,
+    "vocab": ("tensor",),
+    "embed": ("fsdp",),
+    "heads": ("tensor",),
+    "kv_heads": ("tensor",),
+    "mlp": ("tensor",),
+    "head_dim": None,
+    "norm": None,
+}
+HEAD_AXES = ("heads", "kv_heads")  # sharded together within a module, or replicated together
+
+Rules = Mapping[str, tuple[str, ...] | None]
+
+
+def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
+    """Axis sizes with the -1 axis resolved; raises ``ConfigError`` when they do not fit."""
+    sizes = [cfg.data, cfg.fsdp, cfg.tensor]
+    fixed = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if num_devices % fixed:
+            raise ConfigError(
+                f"mesh {dict(zip(AXES, sizes))}: the fixed axes ({fixed} devices) do not divide the "
+                f"{num_devices} available devices; change mesh.data / mesh.fsdp / mesh.tensor")
+        sizes[sizes.index(-1)] = num_devices // fixed
+    if math.prod(sizes) != num_devices:
+        raise ConfigError(
+            f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices but {num_devices} are "
+            "available; set one mesh axis to -1 (= the remaining devices) or fix the sizes")
+    return sizes[0], sizes[1], sizes[2]
+
+
+def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+    """The ("data", "fsdp", "tensor") mesh over ``devices`` (default: all of them).
+
+    Axes are ``Auto`` (the compiler propagates shardings from the ones we pin on parameters and
+    batches), so model code needs no sharding annotations to be correct.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(cfg, len(devices))
+    return jax.make_mesh(shape, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES),
+                         devices=devices)
+
+
+def single_device_mesh(device: jax.Device | None = None) -> jax.sharding.Mesh:
+    """A 1x1x1 mesh (a one-device run is still a mesh run)."""
+    return make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), [device or jax.devices()[0]])
+
+
+def _axis_size(mesh: jax.sharding.Mesh, axes: tuple[str, ...]) -> int:
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: jax.sharding.Mesh,
+                    rules: Rules = DEFAULT_RULES, *, replicate: Sequence[str] = ()) -> PartitionSpec:
+    """PartitionSpec for one array: each named dimension takes its rule's mesh axes when they divide
+    it and are not already used by an earlier dimension; names in ``replicate`` stay replicated."""
+    if len(logical_axes) != len(shape):
+        raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}")
+    used: set[str] = set()
+    spec: list[Any] = []
+    for name, size in zip(logical_axes, shape):
+        axes = tuple(a for a in (rules.get(name) or ()) if a in mesh.shape and a not in used)
+        axes = tuple(a for a in axes if mesh.shape[a] > 1)
+        if name in replicate or not axes or size % _axis_size(mesh, axes):
+            spec.append(None)
+            continue
+        used.update(axes)
+        spec.append(axes[0] if len(axes) == 1 else axes)
+    return PartitionSpec(*spec)
+
+
+def _head_groups_to_replicate(flat: Sequence[tuple[tuple, Any]], mesh: jax.sharding.Mesh,
+                              rules: Rules) -> set[tuple]:
+    """Parent modules (path prefixes) with a head dimension their tensor axes do not divide."""
+    bad = set()
+    for path, var in flat:
+        for name, size in zip(var.get_metadata()["logical_axes"], var.shape):
+            axes = tuple(a for a in (rules.get(name) or ()) if a in mesh.shape)
+            if name in HEAD_AXES and axes and size % _axis_size(mesh, axes):
+                bad.add(path[:-1])
+    return bad
+
+
+def _param_specs_flat(model_cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: Rules):
+    from elm_jax.model import abstract_model
+
+    state = nnx.state(abstract_model(model_cfg), nnx.Param)
+    flat = list(nnx.to_flat_state(state))
+    bad = _head_groups_to_replicate(flat, mesh, rules)
+    specs = {}
+    for path, var in flat:
+        replicate = HEAD_AXES if path[:-1] in bad else ()
+        specs[path] = logical_to_spec(var.get_metadata()["logical_axes"], var.shape, mesh, rules,
+                                      replicate=replicate)
+    return specs, bad
+
+
+def _unflatten(flat: Mapping[tuple, Any]) -> dict:
+    tree: dict = {}
+    for path, value in flat.items():
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return tree
+
+
+def param_specs(model_cfg: ModelConfig, mesh: jax.sharding.Mesh,
+                rules: Rules = DEFAULT_RULES) -> dict:
+    """PartitionSpecs as a nested dict shaped like the model's pure parameter dict."""
+    return _unflatten(_param_specs_flat(model_cfg, mesh, rules)[0])
+
+
+def param_shardings(model_cfg: ModelConfig, mesh: jax.sharding.Mesh,
+                    rules: Rules = DEFAULT_RULES) -> dict:
+    """NamedShardings shaped like the model's pure parameter dict."""
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(model_cfg, mesh, rules),
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def sharding_report(model_cfg: ModelConfig, mesh: jax.sharding.Mesh,
+                    rules: Rules = DEFAULT_RULES) -> list[str]:
+    """Human-readable notes on layers whose heads stay replicated over the tensor axis."""
+    _, bad = _param_specs_flat(model_cfg, mesh, rules)
+    shapes = model_cfg.layer_shapes()
+    notes = []
+    for path in sorted(bad, key=str):
+        layer = path[1] if len(path) > 1 and path[0] == "layers" else None
+        what = "/".join(map(str, path))
+        if layer is not None:
+            s = shapes[layer]
+            what += f" ({s.q_heads} query / {s.kv_heads} kv heads)"
+        notes.append(f"{what}: heads replicated, tensor axis of size {mesh.shape['tensor']} "
+                     "does not divide them")
+    return notes
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 2) -> NamedSharding:
+    """Rows over ("data", "fsdp"), everything else replicated."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def check_batch_divides(mesh: jax.sharding.Mesh, global_batch: int, microbatches: int = 1) -> None:
+    """Every microbatch must split evenly over the batch axes; say how to fix it otherwise."""
+    shards = _axis_size(mesh, BATCH_AXES)
+    if global_batch % (shards * microbatches):
+        raise ConfigError(
+            f"train.batch_size={global_batch} with train.microbatches={microbatches} does not split "
+            f"over the {shards} devices of the mesh's data x fsdp axes; make the batch size a "
+            f"multiple of {shards * microbatches} or change mesh.data / mesh.fsdp")
+
+
+def global_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """This process's rows -> one global array per field, sharded over the batch axes."""
+    out = {}
+    for name, local in batch.items():
+        local = np.asarray(local)
+        shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
+        out[name] = jax.make_array_from_process_local_data(batch_sharding(mesh, local.ndim), local,
+                                                           shape)
+    return out

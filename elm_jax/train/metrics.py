@@ -1,0 +1,146 @@
+"""Training metrics: JSONL + TensorBoard event files in the run directory, a tqdm bar, throughput and
+MFU (model FLOPs over the devices' peak; "n/a" where we do not know the peak, e.g. on CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+# Dense bf16 peak FLOP/s per chip, from the vendors' spec sheets; matched on device_kind (lower case).
+# Ordered: the first matching key wins ("v5p" before "v5", "h100 pcie" before "h100").
+PEAK_FLOPS: tuple[tuple[str, float], ...] = (
+    ("tpu v4", 275e12),
+    ("tpu v5 lite", 197e12),
+    ("tpu v5e", 197e12),
+    ("tpu v5p", 459e12),
+    ("tpu v5", 459e12),  # "TPU v5" is how jax names v5p chips
+    ("tpu v6 lite", 918e12),
+    ("tpu v6e", 918e12),
+    ("a100", 312e12),
+    ("h100 pcie", 756e12),
+    ("h100", 989e12),
+    ("h200", 989e12),
+)
+
+
+def peak_flops(device: jax.Device | None = None) -> float | None:
+    """Peak bf16 FLOP/s of one device, or None when the device is not in ``PEAK_FLOPS`` (CPU)."""
+    kind = (device or jax.devices()[0]).device_kind.lower()
+    for key, flops in PEAK_FLOPS:
+        if key in kind:
+            return flops
+    return None
+
+
+def mfu(model_flops_per_sec: float, devices: Sequence[jax.Device] | None = None) -> float | None:
+    """Model FLOP/s as a fraction of the devices' summed peak (None if the peak is unknown)."""
+    devices = list(devices or jax.devices())
+    peak = peak_flops(devices[0])
+    return None if peak is None else model_flops_per_sec / (peak * len(devices))
+
+
+def unigram_entropy(counts: np.ndarray) -> float:
+    """Entropy in nats of the token distribution ``counts / counts.sum()``: the loss of a model that
+    knows the token frequencies and nothing else, the bar a language model must clear."""
+    p = np.asarray(counts, np.float64)
+    p = p[p > 0] / p.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def summarize(steps: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """Fetch a log interval's per-step device metrics (one host sync) and average them; counts
+    (``nonfinite``, ``target_tokens``) are summed."""
+    fetched = jax.device_get(list(steps))
+    out = {}
+    for key in fetched[0]:
+        values = np.asarray([m[key] for m in fetched], np.float64)
+        out[key] = float(values.sum() if key in ("nonfinite", "target_tokens") else values.mean())
+    return out
+
+
+class Throughput:
+    """Tokens/s, step time and MFU between two log points (wall clock, so host overhead counts)."""
+
+    def __init__(self, tokens_per_step: int, flops_per_token: float):
+        self.tokens_per_step = tokens_per_step
+        self.flops_per_token = flops_per_token
+        self.reset()
+
+    def reset(self) -> None:
+        self._time = time.perf_counter()
+        self._steps = 0
+
+    def step(self) -> None:
+        self._steps += 1
+
+    def measure(self) -> dict[str, Any]:
+        """Call right after a host sync; starts the next interval."""
+        elapsed = time.perf_counter() - self._time
+        steps = max(self._steps, 1)
+        tokens_per_sec = self.tokens_per_step * steps / elapsed
+        util = mfu(tokens_per_sec * self.flops_per_token)
+        self.reset()
+        return {"step_time": elapsed / steps, "tokens_per_sec": tokens_per_sec,
+                "model_tflops_per_sec": tokens_per_sec * self.flops_per_token / 1e12,
+                "mfu": "n/a" if util is None else util}
+
+
+class MetricsWriter:
+    """One JSON object per logged step in ``metrics.jsonl`` (appended on resume, so a step logged
+    twice means the run was resumed from before it), the same scalars as TensorBoard events, and a
+    progress bar. Only process 0 writes."""
+
+    def __init__(self, run_dir: str | Path, *, total_steps: int, start_step: int,
+                 show_progress: bool | None = None):
+        self.enabled = jax.process_index() == 0
+        self._jsonl = self._tb = self._bar = None
+        if not self.enabled:
+            return
+        from tensorboardX import SummaryWriter
+        from tqdm import tqdm
+
+        run_dir = Path(run_dir)
+        self._jsonl = open(run_dir / METRICS_FILE, "a")  # noqa: SIM115 (closed in close())
+        self._tb = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
+        self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                         disable=None if show_progress is None else not show_progress)
+
+    def advance(self, steps: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(steps)
+
+    def write(self, step: int, record: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **record}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                self._tb.add_scalar(key, value, step)
+        self._tb.flush()
+        shown = {k: record[k] for k in ("loss", "val_loss", "grad_norm", "tokens_per_sec", "mfu")
+                 if k in record}
+        self._bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in shown.items()},
+                              refresh=False)
+
+    def message(self, text: str) -> None:
+        """A line above the progress bar (printed by every caller on process 0)."""
+        if self.enabled:
+            self._bar.write(text)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._bar.close()
+            self._tb.close()
+            self._jsonl.close()

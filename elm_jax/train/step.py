@@ -1,0 +1,257 @@
+"""The pure, jitted train and eval steps, built for a mesh (a one-device mesh is still a mesh).
+
+``make_train_step(config, mesh)`` returns a ``TrainStep``: the jitted function with explicit in/out
+shardings and the state donated, plus the abstract state and batch (``ShapeDtypeStruct`` with
+shardings). Nothing is allocated to build it, so ``step.lower().compile()`` is an ahead-of-time
+compile of the real step for any mesh, e.g. a TPU topology on this CPU. ``step.init()`` creates the
+state already sharded (``jax.jit(init, out_shardings=...)``); the whole model never sits on one
+device.
+
+Parameters are a pure nested dict (``nnx.to_pure_dict`` layout, the same as
+``elm_jax.convert.hf``), turned back into the model inside the step with ``nnx.merge``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from elm_jax.config import Config
+from elm_jax.model import abstract_model, build
+from elm_jax.parallel import mesh as mesh_lib
+from elm_jax.train.loss import LossSums, loss_sums
+from elm_jax.train.optimizer import learning_rate_schedule, make_optimizer
+
+# name -> dtype of every field of a batch (the data pipeline's contract); all [batch, seq_len].
+BATCH_FIELDS = {"inputs": np.int32, "targets": np.int32, "loss_mask": np.float32,
+                "segment_ids": np.int32, "positions": np.int32}
+
+Params = dict[str, Any]
+Batch = Mapping[str, jax.Array]
+
+
+class TrainState(NamedTuple):
+    """Everything a step reads and writes (checkpointed whole)."""
+
+    step: jax.Array  # int32: steps taken (updates applied + non-finite steps skipped)
+    params: Params
+    opt_state: optax.OptState
+    skipped: jax.Array  # int32: non-finite steps whose update was dropped
+    first_nonfinite: jax.Array  # int32: the first step with a NaN / Inf loss or gradient, -1 if none
+
+
+def graphdef(config: Config) -> nnx.GraphDef:
+    """The model's structure without parameters (merged with a params dict inside the step)."""
+    return nnx.split(abstract_model(config.model))[0]
+
+
+def forward_sums(gdef: nnx.GraphDef, params: Params, batch: Batch) -> LossSums:
+    """Loss sums of one (micro)batch under ``params``."""
+    model = nnx.merge(gdef, params)
+    logits = model(batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+    return loss_sums(logits, batch["targets"], batch["loss_mask"])
+
+
+def _tree_where(pred: jax.Array, new: Any, old: Any) -> Any:
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
+
+
+def _opt_state_shardings(abstract_opt: Any, abstract_params: Params, param_shardings: Params,
+                         mesh: jax.sharding.Mesh) -> Any:
+    """Each optimizer-state leaf whose trailing dict path names a parameter of its shape takes that
+    parameter's sharding (Adam's mu / nu); counts and other scalars are replicated."""
+    def flat(tree: Params) -> dict[tuple, Any]:
+        return {tuple(k.key for k in path): leaf
+                for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    shapes, flat_shardings = flat(abstract_params), flat(param_shardings)
+
+    def pick(path: tuple, leaf: jax.ShapeDtypeStruct) -> NamedSharding:
+        keys = []
+        for entry in reversed(path):
+            if not isinstance(entry, jax.tree_util.DictKey):
+                break
+            keys.insert(0, entry.key)
+        keys = tuple(keys)
+        if keys in shapes and shapes[keys].shape == leaf.shape:
+            return flat_shardings[keys]
+        return mesh_lib.replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(pick, abstract_opt)
+
+
+def batch_shapes(config: Config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global batch as abstract arrays sharded over the batch axes."""
+    shape = (config.train.batch_size, config.data.seq_len)
+    sharding = mesh_lib.batch_sharding(mesh)
+    return {name: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+            for name, dtype in BATCH_FIELDS.items()}
+
+
+def _with_shardings(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def _split_microbatches(batch: Batch, count: int, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """[B, ...] -> [count, B / count, ...] with microbatch j = rows j, count + j, 2 count + j, ...
+
+    Rows are sharded contiguously over the batch axes, so this split keeps every microbatch spread
+    over all devices and moves no data.
+    """
+    def split(x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0] // count, count, *x.shape[1:]).swapaxes(0, 1)
+        spec = PartitionSpec(None, mesh_lib.BATCH_AXES, *([None] * (x.ndim - 2)))
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    return {name: split(x) for name, x in batch.items()}
+
+
+def loss_and_grads(config: Config, gdef: nnx.GraphDef, params: Params, batch: Batch,
+                   mesh: jax.sharding.Mesh) -> tuple[LossSums, Params]:
+    """Loss sums and the gradient of the mean objective, accumulated over ``train.microbatches``."""
+    z_weight = config.train.z_loss
+
+    def grad_of_sums(p: Params, mb: Batch) -> tuple[LossSums, Params]:
+        def objective(q: Params) -> tuple[jax.Array, LossSums]:
+            sums = forward_sums(gdef, q, mb)
+            return sums.cross_entropy + z_weight * sums.z_loss, sums
+
+        (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(p)
+        return sums, grads
+
+    count = config.train.microbatches
+    if count == 1:
+        sums, grads = grad_of_sums(params, batch)
+    else:
+        def accumulate(carry, mb):
+            sums, grads = grad_of_sums(params, mb)
+            return jax.tree.map(jnp.add, carry, (sums, grads)), None
+
+        zeros = (LossSums(*(jnp.zeros((), jnp.float32),) * 3),
+                 jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
+        (sums, grads), _ = jax.lax.scan(accumulate, zeros, _split_microbatches(batch, count, mesh))
+    scale = 1.0 / jnp.maximum(sums.tokens, 1.0)
+    return sums, jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grads, params)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """A jitted ``fn(state, batch) -> (state, metrics)`` and what it takes, abstractly.
+
+    ``state_shapes`` / ``batch_shapes`` carry their shardings, so ``lower()`` compiles the real step
+    ahead of time without allocating anything; ``init()`` makes the first state, already sharded.
+    """
+
+    fn: Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
+    init_fn: Callable[[], TrainState]
+    mesh: jax.sharding.Mesh
+    state_shapes: TrainState
+    batch_shapes: dict[str, jax.ShapeDtypeStruct]
+    state_shardings: TrainState
+    batch_shardings: dict[str, NamedSharding]
+
+    def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        with jax.set_mesh(self.mesh):
+            return self.fn(state, batch)
+
+    def init(self) -> TrainState:
+        with jax.set_mesh(self.mesh):
+            return self.init_fn()
+
+    def lower(self) -> jax.stages.Lowered:
+        with jax.set_mesh(self.mesh):
+            return self.fn.lower(self.state_shapes, self.batch_shapes)
+
+
+def state_shardings(config: Config, mesh: jax.sharding.Mesh,
+                    rules: mesh_lib.Rules = mesh_lib.DEFAULT_RULES) -> tuple[TrainState, TrainState]:
+    """(abstract state, its shardings) for ``config`` on ``mesh``, without allocating."""
+    tx = make_optimizer(config.train)
+    param_sh = mesh_lib.param_shardings(config.model, mesh, rules)
+    abstract_params = nnx.to_pure_dict(nnx.state(abstract_model(config.model), nnx.Param))
+    abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_params)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    scalar = jax.ShapeDtypeStruct((), jnp.int32)
+    abstract = TrainState(scalar, abstract_params, abstract_opt, scalar, scalar)
+    rep = mesh_lib.replicated(mesh)
+    opt_sh = _opt_state_shardings(abstract_opt, abstract_params, param_sh, mesh)
+    shardings = TrainState(rep, param_sh, opt_sh, rep, rep)
+    return abstract, shardings
+
+
+def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = True,
+                    rules: mesh_lib.Rules = mesh_lib.DEFAULT_RULES,
+                    compiler_options: Mapping[str, Any] | None = None) -> TrainStep:
+    """The train step of ``config`` for ``mesh`` (jitted, not yet compiled).
+
+    ``compiler_options`` are XLA options for this step's compilation (e.g. TPU scheduler flags, or
+    ``{"xla_backend_optimization_level": 0}`` for quick CPU compiles in tests).
+    """
+    mesh_lib.check_batch_divides(mesh, config.train.batch_size, config.train.microbatches)
+    tx = make_optimizer(config.train)
+    schedule = learning_rate_schedule(config.train)
+    gdef = graphdef(config)
+    abstract, shardings = state_shardings(config, mesh, rules)
+    batches = batch_shapes(config, mesh)
+    batch_sh = {name: b.sharding for name, b in batches.items()}
+    rep = mesh_lib.replicated(mesh)
+
+    def init() -> TrainState:
+        params = nnx.to_pure_dict(nnx.state(build(config.model, config.train.seed), nnx.Param))
+        zero = jnp.zeros((), jnp.int32)
+        return TrainState(zero, params, tx.init(params), zero, zero - 1)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        sums, grads = loss_and_grads(config, gdef, state.params, batch, mesh)
+        grad_norm = optax.tree.norm(grads)
+        loss = sums.objective(config.train.z_loss)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        params, opt_state = _tree_where(finite, (params, opt_state), (state.params, state.opt_state))
+        first_bad = jnp.where((state.first_nonfinite < 0) & ~finite, state.step, state.first_nonfinite)
+        new_state = TrainState(state.step + 1, params, opt_state,
+                               state.skipped + (~finite).astype(jnp.int32), first_bad)
+        tokens = jnp.maximum(sums.tokens, 1.0)
+        metrics = {"loss": sums.cross_entropy / tokens,
+                   "z_loss": config.train.z_loss * sums.z_loss / tokens,
+                   "grad_norm": grad_norm,
+                   "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+                   "target_tokens": sums.tokens,
+                   "nonfinite": (~finite).astype(jnp.int32)}
+        return new_state, metrics
+
+    jitted = jax.jit(train_step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, rep),
+                     donate_argnums=(0,) if donate else (), compiler_options=compiler_options)
+    init_fn = jax.jit(init, out_shardings=shardings, compiler_options=compiler_options)
+    return TrainStep(fn=jitted, init_fn=init_fn, mesh=mesh,
+                     state_shapes=_with_shardings(abstract, shardings), batch_shapes=batches,
+                     state_shardings=shardings, batch_shardings=batch_sh)
+
+
+def make_eval_step(config: Config, mesh: jax.sharding.Mesh, *, batch_size: int | None = None,
+                   rules: mesh_lib.Rules = mesh_lib.DEFAULT_RULES,
+                   compiler_options: Mapping[str, Any] | None = None
+                   ) -> Callable[[Params, Batch], LossSums]:
+    """Jitted ``fn(params, batch) -> LossSums`` for held-out loss and perplexity."""
+    mesh_lib.check_batch_divides(mesh, batch_size or config.train.batch_size)
+    gdef = graphdef(config)
+    param_sh = mesh_lib.param_shardings(config.model, mesh, rules)
+    batch_sh = {name: mesh_lib.batch_sharding(mesh) for name in BATCH_FIELDS}
+    jitted = jax.jit(lambda params, batch: forward_sums(gdef, params, batch),
+                     in_shardings=(param_sh, batch_sh), out_shardings=mesh_lib.replicated(mesh),
+                     compiler_options=compiler_options)
+
+    def eval_step(params: Params, batch: Batch) -> LossSums:
+        with jax.set_mesh(mesh):
+            return jitted(params, {name: batch[name] for name in BATCH_FIELDS})
+
+    return eval_step
