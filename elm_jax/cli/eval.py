@@ -38,30 +38,15 @@ EVAL_BATCHES = flags.DEFINE_integer("eval_batches", None, "validation batches fo
                                     "(default: the run's train.eval_batches; 0 = all)",
                                     lower_bound=0)
 OUTPUT = flags.DEFINE_string("output", None, "also write the results as JSON to this new file")
-common.hyphen_aliases(DATA_DIR, BATCH, ADD_BOS, EVAL_BATCHES)
+TENSOR = flags.DEFINE_integer("tensor_parallel", 1, "devices that split each layer's heads and "
+                             "FFN (the rest split the batch)", lower_bound=1)
+common.hyphen_aliases(TENSOR, DATA_DIR, BATCH, ADD_BOS, EVAL_BATCHES)
 
 
-def _main(argv: list[str]) -> None:
-    del argv
-    from elm_jax.eval.tasks import get_task
-    from elm_jax.infer.loading import load_checkpoint, load_tokenizer
+def _evaluate(loaded) -> dict[str, dict]:
+    """Perplexity and / or the tasks, printed as they finish; the results by name."""
+    from elm_jax.infer.loading import load_tokenizer
 
-    if not TASKS.value and not PERPLEXITY.value:
-        raise common.UserError("nothing to evaluate: give --tasks arc_easy,... and/or --perplexity")
-    if TASKS.value and not DATA_DIR.value:
-        raise common.UserError("--tasks needs --data-dir DIR holding <task>.jsonl files")
-    output = Path(OUTPUT.value) if OUTPUT.value else None
-    if output is not None and output.exists():
-        raise common.UserError(f"--output {output} exists; choose a new file")
-    try:
-        for name in TASKS.value:
-            get_task(name)  # a typo fails before the model loads
-        loaded = load_checkpoint(CHECKPOINT.value, dtype=DTYPE.value)
-    except (KeyError, ValueError) as err:
-        raise common.UserError(str(err).strip("'\"")) from None
-    if PERPLEXITY.value and loaded.config is None:
-        raise common.UserError("--perplexity needs an elm-train run directory (its config names "
-                               "the validation data); an HF directory has none")
     results: dict[str, dict] = {}
     if PERPLEXITY.value:
         from elm_jax.eval.perplexity import held_out_loss
@@ -83,6 +68,36 @@ def _main(argv: list[str]) -> None:
                 results[result.task] = {"count": result.count, **result.metrics}
         except ValueError as err:
             raise common.UserError(str(err)) from None
+    return results
+
+
+def _main(argv: list[str]) -> None:
+    del argv
+    from elm_jax.eval.tasks import get_task
+    from elm_jax.infer.loading import inference_mesh, load_checkpoint
+    from elm_jax.train.checkpoint import CheckpointError as RunCheckpointError
+
+    if not TASKS.value and not PERPLEXITY.value:
+        raise common.UserError("nothing to evaluate: give --tasks arc_easy,... and/or --perplexity")
+    if TASKS.value and not DATA_DIR.value:
+        raise common.UserError("--tasks needs --data-dir DIR holding <task>.jsonl files")
+    output = Path(OUTPUT.value) if OUTPUT.value else None
+    if output is not None and output.exists():
+        raise common.UserError(f"--output {output} exists; choose a new file")
+    try:
+        for name in TASKS.value:
+            get_task(name)  # a typo fails before the model loads
+        mesh = inference_mesh(TENSOR.value)
+        loaded = load_checkpoint(CHECKPOINT.value, dtype=DTYPE.value, mesh=mesh)
+    except (KeyError, ValueError, RunCheckpointError) as err:
+        raise common.UserError(str(err).strip("'\"")) from None
+    if PERPLEXITY.value and loaded.config is None:
+        raise common.UserError("--perplexity needs an elm-train run directory (its config names "
+                               "the validation data); an HF directory has none")
+    import jax
+
+    with jax.set_mesh(mesh):
+        results = _evaluate(loaded)
     if output is not None:
         common.write_new_file(output, json.dumps(
             {"checkpoint": str(loaded.path), "results": results}, indent=2) + "\n")

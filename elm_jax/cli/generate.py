@@ -40,7 +40,9 @@ CACHE_DTYPE = flags.DEFINE_enum("cache_dtype", None, ["float32", "bfloat16", "fl
 ADD_BOS = flags.DEFINE_bool("add_bos", True, "start every prompt with the BOS token")
 STOP_AT_EOS = flags.DEFINE_bool("stop_at_eos", True, "end a completion at the EOS token")
 OUTPUT = flags.DEFINE_string("output", None, "also write the completions as JSONL to this new file")
-common.hyphen_aliases(PROMPTS_FILE, MAX_NEW, TOP_K, TOP_P, BATCH, CACHE_DTYPE, ADD_BOS,
+TENSOR = flags.DEFINE_integer("tensor_parallel", 1, "devices that split each layer's heads and "
+                             "FFN (the rest split the batch)", lower_bound=1)
+common.hyphen_aliases(TENSOR, PROMPTS_FILE, MAX_NEW, TOP_K, TOP_P, BATCH, CACHE_DTYPE, ADD_BOS,
                       STOP_AT_EOS)
 
 
@@ -123,18 +125,23 @@ def run_prompts(model, tokenizer, texts: list[str], *, out=sys.stdout) -> Iterat
 
 def _main(argv: list[str]) -> None:
     del argv
-    from elm_jax.infer.loading import load_checkpoint, load_tokenizer
+    from elm_jax.infer.loading import inference_mesh, load_checkpoint, load_tokenizer
+    from elm_jax.train.checkpoint import CheckpointError as RunCheckpointError
 
     texts = read_prompts(PROMPT.value, PROMPTS_FILE.value)
     output = Path(OUTPUT.value) if OUTPUT.value else None
     if output is not None and output.exists():
         raise common.UserError(f"--output {output} exists; choose a new file")
     try:
-        loaded = load_checkpoint(CHECKPOINT.value, dtype=DTYPE.value)
+        mesh = inference_mesh(TENSOR.value)
+        loaded = load_checkpoint(CHECKPOINT.value, dtype=DTYPE.value, mesh=mesh)
         tokenizer = load_tokenizer(loaded, TOKENIZER.value)
-    except ValueError as err:
+    except (ValueError, RunCheckpointError) as err:
         raise common.UserError(str(err)) from None
-    records = list(run_prompts(loaded.model, tokenizer, texts))
+    import jax
+
+    with jax.set_mesh(mesh):
+        records = list(run_prompts(loaded.model, tokenizer, texts))
     if output is not None:
         common.write_new_file(output, "".join(json.dumps(r) + "\n" for r in records))
 

@@ -13,6 +13,7 @@ and generation from ``elm_jax.eval.scoring`` and ``elm_jax.infer``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Sequence
 from typing import Any
@@ -30,20 +31,24 @@ from elm_jax.model import OpenELM
 @register_model("elm_jax")
 class ElmJaxLM(TemplateLM):
     """``model_args``: checkpoint (run or HF directory), tokenizer, add_bos_token (default True,
-    as OpenELM's own evaluation), batch_size, max_length, max_gen_toks, dtype, cache_dtype, seed.
+    as OpenELM's own evaluation), batch_size, max_length, max_gen_toks, dtype, cache_dtype, seed,
+    tensor_parallel (devices splitting each layer; the rest split the batch).
     """
 
     def __init__(self, checkpoint: str | None = None, *, model: OpenELM | None = None,
                  tokenizer: Any = None, add_bos_token: bool = True, batch_size: int | str = 16,
                  max_length: int | None = None, max_gen_toks: int = 256, dtype: str | None = None,
-                 cache_dtype: str | None = None, seed: int = 0, **unused: Any):
+                 cache_dtype: str | None = None, seed: int = 0, tensor_parallel: int = 1,
+                 **unused: Any):
         super().__init__()
+        self.mesh = None
         if model is None:
             if checkpoint is None:
                 raise ValueError("elm_jax needs model_args checkpoint=RUN_DIR|HF_DIR")
-            from elm_jax.infer.loading import load_checkpoint, load_tokenizer
+            from elm_jax.infer.loading import inference_mesh, load_checkpoint, load_tokenizer
 
-            loaded = load_checkpoint(checkpoint, dtype=dtype)
+            self.mesh = inference_mesh(int(tensor_parallel))
+            loaded = load_checkpoint(checkpoint, dtype=dtype, mesh=self.mesh)
             model = loaded.model
             tokenizer = load_tokenizer(loaded, tokenizer)
         elif tokenizer is None or isinstance(tokenizer, str):
@@ -53,6 +58,11 @@ class ElmJaxLM(TemplateLM):
         self.batch_size = 16 if batch_size == "auto" else int(batch_size)
         self._max_length = int(max_length or model.cfg.max_context_length)
         self.max_gen_toks, self.cache_dtype, self.seed = int(max_gen_toks), cache_dtype, seed
+
+    def _on_mesh(self) -> contextlib.AbstractContextManager:
+        import jax
+
+        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
     @property
     def eot_token_id(self) -> int:
@@ -77,8 +87,9 @@ class ElmJaxLM(TemplateLM):
 
     def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False,
                               **kwargs: Any) -> list[tuple[float, bool]]:
-        scored = score(self.model, [(ctx, cont) for _, ctx, cont in requests],
-                       batch_size=self.batch_size, max_length=self.max_length)
+        with self._on_mesh():
+            scored = score(self.model, [(ctx, cont) for _, ctx, cont in requests],
+                           batch_size=self.batch_size, max_length=self.max_length)
         answers = [(s.logprob, s.greedy) for s in scored]
         for (key, _, _), answer in zip(requests, answers):
             if key is not None:
@@ -126,9 +137,10 @@ class ElmJaxLM(TemplateLM):
                                            left_truncate_len=self.max_length - max_new)
                            for i in chunk]
                 key = jax.random.fold_in(jax.random.key(self.seed), first)
-                out = jax.device_get(generate(self.model, prompts, max_new, key=key,
-                                              eos_id=self.eot_token_id,
-                                              cache_dtype=self.cache_dtype, **sample))
+                with self._on_mesh():
+                    out = jax.device_get(generate(self.model, prompts, max_new, key=key,
+                                                  eos_id=self.eot_token_id,
+                                                  cache_dtype=self.cache_dtype, **sample))
                 for i, prompt, row in zip(chunk, prompts, out.tolist()):
                     new = row[len(prompt):len(prompt) + max_new]
                     if self.eot_token_id in new:

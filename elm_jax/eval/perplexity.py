@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 
 from elm_jax.config import Config
-from elm_jax.infer.sharding import global_batch
+from elm_jax.infer.sharding import process_batch
 from elm_jax.model import OpenELM
 
 FIELDS = ("inputs", "targets", "loss_mask")
@@ -58,8 +58,7 @@ def evaluate_loss(model: OpenELM, batches: Iterable[Mapping[str, np.ndarray]], *
         if missing:
             raise KeyError(f"evaluation batch lacks {', '.join(missing)}; the data pipeline "
                            f"yields {', '.join(FIELDS + OPTIONAL)}")
-        arrays = {k: global_batch(np.asarray(batch[k]), process_local=True)
-                  for k in FIELDS + OPTIONAL if k in batch}
+        arrays = process_batch({k: np.asarray(batch[k]) for k in FIELDS + OPTIONAL if k in batch})
         nll, n = _sums(graphdef, params, arrays)
         total, count, seen = total + nll, count + n, seen + 1
     tokens = int(count)

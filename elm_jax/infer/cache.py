@@ -34,8 +34,9 @@ def init_cache(model: OpenELM, batch: int, length: int, start: jax.Array,
     """Zeros for every layer (inside jit this allocates directly on the devices)."""
     layers = []
     for layer in model.layers:
+        q_heads = layer.attn.q_proj[...].shape[1]
         kv_heads, head_dim = layer.attn.k_proj[...].shape[1:]
-        zeros = constrain_kv(jnp.zeros((batch, length, kv_heads, head_dim), dtype), kv_heads)
+        zeros = constrain_kv(jnp.zeros((batch, length, kv_heads, head_dim), dtype), q_heads)
         layers.append((zeros, zeros))
     return KVCache(tuple(layers), start.astype(jnp.int32))
 
@@ -61,7 +62,7 @@ def forward_cached(model: OpenELM, tokens: jax.Array, cache: KVCache,
             q, k, v = attn.project(h, positions)
             k_all, v_all = (
                 jax.lax.dynamic_update_slice_in_dim(
-                    cached, constrain_kv(new.astype(cached.dtype), new.shape[2]), index, axis=1)
+                    cached, constrain_kv(new.astype(cached.dtype), q.shape[2]), index, axis=1)
                 for cached, new in ((k_cache, k), (v_cache, v)))
             written.append((k_all, v_all))
             out = xla_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype),

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jax
 from flax import nnx
 
 from elm_jax.config import Config, ModelConfig
@@ -54,28 +55,41 @@ def checkpoint_kind(path: Path) -> str:
                      "an elm_jax experiment config (with a 'model' section)")
 
 
-def with_compute_dtype(model: OpenELM, dtype: str) -> OpenELM:
-    """The same parameters with another compute dtype (e.g. bfloat16 on accelerators)."""
-    from elm_jax.convert.hf import model_from_params
+def inference_mesh(tensor: int = 1) -> jax.sharding.Mesh:
+    """Every device: batch rows over "data", attention heads and FFN over ``tensor`` devices."""
+    from elm_jax.config import MeshConfig
+    from elm_jax.parallel.mesh import make_mesh
 
-    if dtype == model.cfg.dtype:
-        return model
-    params = nnx.state(model, nnx.Param).to_pure_dict()
-    return model_from_params(dataclasses.replace(model.cfg, dtype=dtype), params)
+    return make_mesh(MeshConfig(data=-1, fsdp=1, tensor=tensor))
 
 
-def load_checkpoint(path: str | Path, *, dtype: str | None = None) -> Loaded:
-    """The model of an HF export or of a run directory's latest checkpoint."""
+def place(model: OpenELM, mesh: jax.sharding.Mesh) -> OpenELM:
+    """The model with its parameters sharded over ``mesh`` by training's rules."""
+    from elm_jax.parallel.mesh import param_shardings
+
+    graphdef, state = nnx.split(model)
+    params = jax.device_put(nnx.to_pure_dict(state), param_shardings(model.cfg, mesh))
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)
+
+
+def load_checkpoint(path: str | Path, *, dtype: str | None = None,
+                    mesh: jax.sharding.Mesh | None = None) -> Loaded:
+    """The model of an HF export or of a run directory's newest checkpoint.
+
+    ``dtype`` overrides the compute dtype (e.g. bfloat16 for serving); with a ``mesh`` the
+    parameters are sharded over it like training's (tensor-parallel decoding).
+    """
     path = Path(path).expanduser()
     if checkpoint_kind(path) == "hf":
         from elm_jax.convert.hf import load_hf
 
         _, model = load_hf(path, dtype=dtype or "float32")
-        return Loaded(model, path, None)
+        return Loaded(place(model, mesh) if mesh is not None else model, path, None)
     from elm_jax.train.checkpoint import load_model
 
-    config, model = load_model(path)
-    return Loaded(with_compute_dtype(model, dtype) if dtype else model, path, config)
+    config, model = load_model(path, mesh=mesh, dtype=dtype)
+    return Loaded(model, path, config)
 
 
 def load_tokenizer(loaded: Loaded, explicit: str | Path | None = None) -> Tokenizer:

@@ -1,14 +1,17 @@
-"""``elm-eval`` and ``elm-lm-eval --model elm_jax`` end to end on an HF directory."""
+"""``elm-eval`` on a run directory and ``elm-lm-eval --model elm_jax`` on an HF directory."""
 
 import json
 
 import pytest
-from cli_helpers import VOCAB, run_module, write_tokenizer
+from cli_helpers import VOCAB, run_module, tiny_run_config, write_run_dir, write_tokenizer
 
 from elm_jax.config import ModelConfig
 from elm_jax.convert.hf import load_hf
 from elm_jax.data.tokenizer import Tokenizer
+from elm_jax.eval.perplexity import held_out_loss
 from elm_jax.eval.zeroshot import evaluate_tasks
+from elm_jax.infer.loading import load_checkpoint
+from elm_jax.model import build
 
 DOCS = [{"goal": "To sleep", "sol1": "perchance to dream", "sol2": "the slings and arrows",
          "label": 0},
@@ -29,19 +32,27 @@ def checkpoint(random_hf_checkpoint, tmp_path):
     return path, tokenizer, data
 
 
-def test_elm_eval_reports_and_writes_task_metrics(checkpoint, tmp_path):
-    path, tokenizer, data = checkpoint
+def test_elm_eval_on_a_run_directory_reports_perplexity_and_tasks(checkpoint, tmp_path):
+    _, _, data = checkpoint
+    config = tiny_run_config(tmp_path)
+    run_dir = write_run_dir(config)  # its tokenizer.model is found there
     result_file = tmp_path / "results.json"
-    out = run_module("elm_jax.cli.eval", f"--checkpoint={path}", f"--tokenizer={tokenizer}",
-                     "--tasks=piqa", f"--data-dir={data}", f"--output={result_file}")
+    args = [f"--checkpoint={run_dir}", "--perplexity", "--tasks=piqa", f"--data-dir={data}",
+            f"--output={result_file}"]
+    out = run_module("elm_jax.cli.eval", *args)
     assert out.returncode == 0, out.stderr
-    _, model = load_hf(path)
-    (want,) = evaluate_tasks(model, Tokenizer(tokenizer), ["piqa"], data)
+
+    loaded = load_checkpoint(run_dir)
+    assert loaded.config == config
+    model = build(config.model, seed=config.train.seed)  # what the checkpoint holds
+    loss = held_out_loss(model, config)
+    (want,) = evaluate_tasks(model, Tokenizer(run_dir / "tokenizer.model"), ["piqa"], data)
+    assert f"validation: loss {loss.loss:.4f}, perplexity {loss.perplexity:.2f}" in out.stdout
     assert want.line() in out.stdout
-    written = json.loads(result_file.read_text())["results"]["piqa"]
-    assert written["count"] == 3 and written["acc"] == pytest.approx(want.metrics["acc"])
-    again = run_module("elm_jax.cli.eval", f"--checkpoint={path}", f"--tokenizer={tokenizer}",
-                       "--tasks=piqa", f"--data-dir={data}", f"--output={result_file}")
+    written = json.loads(result_file.read_text())["results"]
+    assert written["piqa"]["count"] == 3 and written["piqa"]["acc"] == want.metrics["acc"]
+    assert written["validation"]["loss"] == pytest.approx(loss.loss, rel=1e-5)
+    again = run_module("elm_jax.cli.eval", *args)
     assert again.returncode == 2 and "exists" in again.stderr  # results are never overwritten
 
 

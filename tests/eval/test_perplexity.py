@@ -1,16 +1,17 @@
 """Held-out loss over pipeline-shaped batches against the NumPy forward pass."""
 
-import json
 import math
 
 import jax
 import numpy as np
 import numpy_openelm
 import pytest
-from jax.sharding import AxisType
 from scipy.special import log_softmax
 
+from elm_jax.config import MeshConfig
 from elm_jax.eval.perplexity import evaluate_loss
+from elm_jax.infer.loading import place
+from elm_jax.parallel.mesh import make_mesh
 
 
 def _batches(seed=0, count=2):
@@ -53,9 +54,9 @@ def test_loss_matches_numpy_over_packed_batches(tiny_hf):
 def test_sharded_over_the_data_axes_gives_the_same_loss(tiny_hf):
     batches = _batches(seed=1)
     single = evaluate_loss(tiny_hf[0], batches)
-    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     with jax.set_mesh(mesh):
-        sharded = evaluate_loss(tiny_hf[0], batches)
+        sharded = evaluate_loss(place(tiny_hf[0], mesh), batches)
     assert sharded.loss == pytest.approx(single.loss, rel=1e-5)
 
 
@@ -68,28 +69,13 @@ def test_empty_or_malformed_input_is_refused(tiny_hf):
 
 
 def test_held_out_loss_reads_the_validation_split_from_its_start(tmp_path):
-    from cli_helpers import TEXT, VOCAB, write_tokenizer
+    from cli_helpers import tiny_run_config
 
-    from elm_jax.config import default_config, from_config_dict
     from elm_jax.data.pipeline import make_iterator
     from elm_jax.eval.perplexity import held_out_loss
     from elm_jax.model import build
 
-    def jsonl(name, lines):
-        path = tmp_path / name
-        path.write_text("".join(json.dumps({"text": " ".join(lines[i:] + lines[:i])}) + "\n"
-                                for i in range(len(lines))))
-        return str(path)
-
-    cd = default_config()
-    cd.model.update(vocab_size=VOCAB + 10, num_layers=2, model_dim=64, head_dim=16)
-    cd.data.update(sources=[{"kind": "jsonl", "train": jsonl("train.jsonl", TEXT[:6]),
-                             "validation": jsonl("val.jsonl", TEXT[6:])}],
-                   tokenizer=str(write_tokenizer(tmp_path / "tok.model")), pad_id=VOCAB,
-                   seq_len=16, mode="pack", words_per_piece=64, min_chars=10, min_tokens=4,
-                   cache_dir=str(tmp_path / "cache"))
-    cd.train.update(batch_size=2, eval_batches=2)
-    config = from_config_dict(cd)
+    config = tiny_run_config(tmp_path)
     model = build(config.model, seed=0)
     first, again = held_out_loss(model, config), held_out_loss(model, config)
     assert first == again and first.batches == 2  # a fresh iterator each call

@@ -5,12 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import AxisType, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
-from elm_jax.config import ModelConfig
+from elm_jax.config import MeshConfig, ModelConfig
 from elm_jax.infer import decode, generate, stream
 from elm_jax.infer.cache import forward_cached, init_cache
+from elm_jax.infer.loading import place
 from elm_jax.model import build
+from elm_jax.parallel.mesh import make_mesh
 
 NEW = 7
 
@@ -156,15 +158,10 @@ def test_compiles_once_per_bucket(model, prompts):
 
 
 def test_tensor_parallel_decode_matches_single_device(model, prompts, reference):
-    """Heads over "tensor" where divisible, batch over "data": same tokens as one device."""
-    mesh = jax.make_mesh((2, 1, 2), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
-    rules = {"heads": "tensor", "kv_heads": "tensor", "mlp": "tensor"}
-    sharded = nnx.clone(model)
-    for _, var in nnx.to_flat_state(nnx.state(sharded, nnx.Param)):
-        value = var[...]
-        spec = [rules.get(a) if a in rules and value.shape[i] % 2 == 0 else None
-                for i, a in enumerate(var.get_metadata()["logical_axes"])]
-        var.set_value(jax.device_put(value, NamedSharding(mesh, PartitionSpec(*spec))))
+    """Training's sharding rules (heads over "tensor", batch over "data"): same tokens."""
+    mesh = make_mesh(MeshConfig(data=2, fsdp=1, tensor=2), jax.devices()[:4])
+    sharded = place(model, mesh)
+    assert sharded.layers[1].attn.k_proj[...].sharding.spec[1] == "tensor"
     with jax.set_mesh(mesh):
         out = np.asarray(generate(sharded, prompts, NEW))
         _, state = decode._request(
@@ -172,11 +169,10 @@ def test_tensor_parallel_decode_matches_single_device(model, prompts, reference)
             pad_id=None, prompt_lengths=None, cache_dtype=None)
     for row, ref in zip(out, reference):
         np.testing.assert_array_equal(row[:len(ref)], ref)
-    kv_heads = [k.shape[2] for k, _ in state.cache.layers]
-    assert kv_heads == [1, 2, 2]
+    assert [k.shape[2] for k, _ in state.cache.layers] == [1, 2, 2]
     for (k, _), heads in zip(state.cache.layers, (None, "tensor", "tensor")):
-        # batch over data; a layer's single kv head cannot split over tensor=2: replicated
-        want = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None, heads, None))
+        # batch over data; layer 0's single kv head cannot split over tensor=2: replicated
+        want = NamedSharding(mesh, PartitionSpec("data", None, heads, None))
         assert k.sharding.is_equivalent_to(want, 4), (k.sharding, want)
 
 
