@@ -53,3 +53,27 @@ def run(main: Callable[[list[str]], None]) -> None:
             sys.exit(2)
 
     app.run(guarded)
+
+
+def hyphen_aliases(*holders: flags.FlagHolder) -> None:
+    """Also accept ``--data-dir`` for ``--data_dir`` (both spellings are common on the shell)."""
+    for holder in holders:
+        if "_" in holder.name:
+            flags.DEFINE_alias(holder.name.replace("_", "-"), holder.name)
+
+
+def write_new_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` all at once, never over an existing file (results, logs)."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.link(tmp, path)  # fails if path appeared meanwhile: nothing is overwritten
+    except FileExistsError:
+        raise UserError(f"{path} exists; choose a new file") from None
+    finally:
+        os.unlink(tmp)

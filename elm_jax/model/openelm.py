@@ -7,6 +7,7 @@ counted without allocating it).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +45,15 @@ class DecoderLayer(nnx.Module):
 
     def __call__(self, x: jax.Array, positions: jax.Array,
                  segment_ids: jax.Array | None = None) -> jax.Array:
-        x = x + self.attn(self.attn_norm(x), positions, segment_ids).astype(x.dtype)
+        return self.block(x, lambda h: self.attn(h, positions, segment_ids))
+
+    def block(self, x: jax.Array, attend: Callable[[jax.Array], jax.Array]) -> jax.Array:
+        """The residual structure around any attention: ``attend`` maps normed x to its output.
+
+        Training passes the layer's own attention; decoding passes one that reads a KV cache
+        (``elm_jax.infer``), so both share this one definition of the block.
+        """
+        x = x + attend(self.attn_norm(x)).astype(x.dtype)
         return x + self.ffn(self.ffn_norm(x)).astype(x.dtype)
 
 
