@@ -24,6 +24,28 @@ REMAT_POLICIES = {
 }
 
 
+BATCH_AXES = ("data", "fsdp")  # mesh axes that split the batch (elm_jax.parallel.mesh)
+
+
+def shard_batch(x: jax.Array) -> jax.Array:
+    """Pin the batch dimension of activations to the ambient mesh's batch axes (no-op off a mesh).
+
+    The embedding table is sharded over ``fsdp`` on its model dimension; left alone, the compiler
+    propagates that into the residual stream and, under FSDP, computes every layer and the logits
+    for the whole batch on every device, sharded over the model dimension instead.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    manual = set(getattr(mesh, "manual_axes", ()))
+    axes = tuple(a for a in BATCH_AXES
+                 if a in mesh.axis_names and a not in manual and mesh.shape[a] > 1)
+    if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
+        return x
+    spec = jax.sharding.PartitionSpec(axes, *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
 class DecoderLayer(nnx.Module):
     """Pre-norm attention then pre-norm SwiGLU, each added to the residual stream."""
 
@@ -74,7 +96,8 @@ class OpenELM(nnx.Module):
         self.norm = RMSNorm(cfg.model_dim, eps=cfg.norm_eps, param_dtype=param_dtype, rngs=rngs)
 
     def embed_tokens(self, tokens: jax.Array) -> jax.Array:
-        return jnp.take(self.embed[...], tokens, axis=0).astype(jnp.dtype(self.cfg.dtype))
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(jnp.dtype(self.cfg.dtype))
+        return shard_batch(x)
 
     def logits(self, x: jax.Array) -> jax.Array:
         """Final norm, then the tied output projection, accumulated and returned in float32."""
