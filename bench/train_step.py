@@ -36,6 +36,7 @@ BATCH = flags.DEFINE_integer("batch", 4, "global batch (sequences) of the 270M-c
 STEPS = flags.DEFINE_integer("steps", 5, "timed steps per model")
 COMPILE_3B = flags.DEFINE_bool("compile_3b", True, "time the OpenELM-3B step's AOT compile")
 MATMUL = flags.DEFINE_integer("matmul", 4096, "matrix size of the peak measurement")
+ATTENTION = flags.DEFINE_list("attention", ["auto"], "attention impls to time each model with")
 
 
 def matmul_peak(n: int, dtype: str, reps: int = 10) -> float:
@@ -53,7 +54,7 @@ def matmul_peak(n: int, dtype: str, reps: int = 10) -> float:
     return 2 * n ** 3 / best
 
 
-def experiment(size: str, dtype: str, seq: int, batch: int):
+def experiment(size: str, dtype: str, seq: int, batch: int, attention: str = "auto"):
     """The paper's config for ``size`` (or experiments/tiny.py) at the benchmark's shape."""
     if size == "tiny":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
@@ -64,6 +65,7 @@ def experiment(size: str, dtype: str, seq: int, batch: int):
         cd = openelm_config(size)
         cd.data.seq_len, cd.train.batch_size = seq, batch
     cd.model.dtype = dtype
+    cd.model.attention_impl = attention
     cd.mesh.data, cd.mesh.fsdp = -1, 1
     return from_config_dict(cd)
 
@@ -96,7 +98,8 @@ def time_steps(config, steps: int, peak: float) -> None:
     tokens = config.train.batch_size * config.data.seq_len
     flops = flops_per_token(config.model, config.data.seq_len) * tokens / step_s
     util = mfu(flops, list(mesh.devices.flat))
-    print(f"{config.name:>12}: {param_count(config.model) / 1e6:7.1f}M params, batch "
+    print(f"{config.name:>12} ({config.model.attention_impl}): "
+          f"{param_count(config.model) / 1e6:7.1f}M params, batch "
           f"{config.train.batch_size} x seq {config.data.seq_len}, {config.model.dtype}: compile "
           f"{compile_s:6.1f} s, step {step_s * 1e3:8.1f} ms, {tokens / step_s:9.0f} tokens/s, "
           f"{flops / 1e12:7.3f} model TFLOP/s = {flops / peak:6.1%} of measured matmul peak, MFU "
@@ -130,9 +133,10 @@ def main(argv: list[str]) -> None:
           f"measured {DTYPE.value} matmul peak {peak / 1e12:.3f} TFLOP/s per device"
           + (f" (table bf16 peak {table / 1e12:.0f})" if table else ""), flush=True)
     for size in SIZES.value:
-        config = experiment(size, DTYPE.value, SEQ.value, BATCH.value)
-        peak = matmul_peak(MATMUL.value, DTYPE.value)  # again, right before: shared machines drift
-        time_steps(config, STEPS.value, peak * len(jax.devices()))
+        for attention in ATTENTION.value:
+            config = experiment(size, DTYPE.value, SEQ.value, BATCH.value, attention)
+            peak = matmul_peak(MATMUL.value, DTYPE.value)  # again, right before: machines drift
+            time_steps(config, STEPS.value, peak * len(jax.devices()))
     if COMPILE_3B.value:
         compile_3b(DTYPE.value)
 

@@ -22,6 +22,7 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention_out")
 SEQUENCE_MODES = ("pad", "pack")
 SOURCE_KINDS = ("shakespeare", "tfds", "array_record", "jsonl", "text")
 NONFINITE_POLICIES = ("stop", "skip")
+DISTRIBUTED_MODES = ("auto", "single", "explicit", "slurm", "tpu")
 
 
 class ConfigError(ValueError):
@@ -229,6 +230,43 @@ class MeshConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """How this process joins a multi-host run (``elm_jax.parallel.distributed.initialize``).
+
+    Empty values (``""``, ``0``, ``-1``, ``()``) mean "take it from the environment": the
+    ``ELM_*`` variables, SLURM, or the TPU VM. Launchers set the environment, so the experiment
+    file rarely names these; ``--config.distributed.x=y`` overrides them for one run.
+    """
+
+    mode: str = "auto"  # auto: explicit values, else SLURM, else TPU VM, else single process
+    coordinator_address: str = ""  # host:port of process 0
+    num_processes: int = 0
+    process_id: int = -1
+    local_device_ids: tuple[int, ...] = ()  # (): jax's default for the cluster
+    initialization_timeout: int = 300  # seconds to wait for every process to join
+
+    def validate(self) -> None:
+        _choice("distributed.mode", self.mode, DISTRIBUTED_MODES)
+        _positive("distributed.num_processes", self.num_processes, allow_zero=True)
+        _positive("distributed.initialization_timeout", self.initialization_timeout)
+        if self.process_id < -1:
+            _fail("distributed.process_id", self.process_id, "a process index >= 0 (or -1: from env)")
+        if self.num_processes and self.process_id >= self.num_processes:
+            _fail("distributed.process_id", self.process_id,
+                  f"below distributed.num_processes={self.num_processes}")
+        if self.coordinator_address and not _is_host_port(self.coordinator_address):
+            _fail("distributed.coordinator_address", self.coordinator_address,
+                  "host:port of process 0, e.g. 10.0.0.2:8476")
+        if any(i < 0 for i in self.local_device_ids):
+            _fail("distributed.local_device_ids", self.local_device_ids, "non-negative device ids")
+
+
+def _is_host_port(address: str) -> bool:
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole experiment."""
 
@@ -237,9 +275,10 @@ class Config:
     train: TrainConfig
     mesh: MeshConfig
     name: str = "experiment"
+    distributed: DistributedConfig = DistributedConfig()
 
     def validate(self) -> None:
-        for part in (self.model, self.data, self.train, self.mesh):
+        for part in (self.model, self.data, self.train, self.mesh, self.distributed):
             part.validate()
         if self.data.seq_len > self.model.rope_max_length:
             _fail("data.seq_len", self.data.seq_len,
@@ -252,7 +291,8 @@ class Config:
                   "vocab 32128 and pad 32000)")
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig,
+            "distributed": DistributedConfig}
 
 
 def _convert(field: str, value: Any, annotation: Any) -> Any:

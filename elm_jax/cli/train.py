@@ -19,6 +19,9 @@ def _main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; -v 0 brings it back
         absl_logging.set_verbosity(absl_logging.WARNING)
     config = common.load_config(CONFIG)
+    from elm_jax.parallel import distributed
+
+    distributed.initialize(config.distributed)  # before any array: join a multi-host run, if any
     from elm_jax.train.checkpoint import CheckpointError
     from elm_jax.train.loop import TrainingError, train
 

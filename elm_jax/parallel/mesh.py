@@ -24,6 +24,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from elm_jax.config import ConfigError, MeshConfig, ModelConfig
+from elm_jax.parallel import multislice
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -65,12 +66,15 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> j
     """The ("data", "fsdp", "tensor") mesh over ``devices`` (default: all of them).
 
     Axes are ``Auto`` (the compiler propagates shardings from the ones we pin on parameters and
-    batches), so model code needs no sharding annotations to be correct.
+    batches), so model code needs no sharding annotations to be correct. Devices of several TPU
+    slices get a hybrid mesh whose ``data`` axis alone crosses slices (``multislice``).
     """
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(cfg, len(devices))
-    return jax.make_mesh(shape, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES),
-                         devices=devices)
+    axis_types = (jax.sharding.AxisType.Auto,) * len(AXES)
+    if multislice.num_slices(devices) > 1:
+        return multislice.hybrid_mesh(shape, AXES, devices, axis_types)
+    return jax.make_mesh(shape, AXES, axis_types=axis_types, devices=devices)
 
 
 def single_device_mesh(device: jax.Device | None = None) -> jax.sharding.Mesh:

@@ -77,3 +77,17 @@ def test_data_state_of_another_process_count_is_refused(trained_run, tmp_path):
                             make_iterator(config, "train"))
     ckpt.close()
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["4", "8"]  # nothing moved
+
+
+def test_keeps_the_last_k_and_every_mth(tmp_path):
+    from synthetic import tiny_config
+
+    from elm_jax.train.step import TrainState
+
+    config = tiny_config(tmp_path, keep_checkpoints=2, keep_every=4)
+    ckpt = Checkpointer(tmp_path, config)
+    one = jax.numpy.ones(())
+    for step in range(1, 10):
+        ckpt.save(step, TrainState(jax.numpy.int32(step), {"w": one * step}, (), one, one))
+    ckpt.close()
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [4, 8, 9]

@@ -1,0 +1,151 @@
+"""Write docs/PLANNING.md: every OpenELM size on a few TPU slices, as elm-plan compiles them.
+
+    python bench/plan_table.py                        # the default cells (size:slice pairs)
+    python bench/plan_table.py --cells 270m:v5e-8 --out /tmp/t.md
+
+Each cell is one ahead-of-time compile of the real train step (libtpu on this CPU): the paper's
+recipe (global batch 2048 x 2048 tokens, the preset's remat and mesh) with ``--per-chip`` sequences
+per chip per microbatch, gradient accumulation making up the rest of the global batch. A setup
+that does not fit is planned once more with the planner's first suggestion. Compiles of the
+larger models take minutes each on a small machine: the table is rewritten after every cell, so
+an interrupted run keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from elm_jax.config import ConfigError, from_config_dict  # noqa: E402
+from elm_jax.parallel import plan as plan_lib  # noqa: E402
+from elm_jax.parallel import topology as topo_lib  # noqa: E402
+from elm_jax.parallel.topology import GIB  # noqa: E402
+from elm_jax.presets import SIZES, openelm_config  # noqa: E402
+
+# Each size on slices where the question is interesting (small chips for small models, larger
+# slices for the 3B); every cell is one or two compiles of minutes on two CPU cores.
+CELLS = ("270m:v5e-8", "270m:v6e-8", "450m:v5e-8", "450m:v5p-8", "1_1b:v5e-16", "1_1b:v5p-8",
+         "1_1b:v6e-8", "3b:v5e-32", "3b:v5p-32", "3b:v5p-128")
+
+
+def recipe(size: str, topology: topo_lib.Topology, per_chip: int, mesh_shards) -> plan_lib.Config:
+    """The paper's config for ``size`` with ``per_chip`` sequences per chip per microbatch."""
+    config = from_config_dict(openelm_config(size))
+    shards = mesh_shards(config, topology)
+    micro = max(1, config.train.batch_size // (per_chip * shards))
+    return plan_lib.with_overrides(config, (("train.microbatches", micro),))
+
+
+def batch_shards(config, topology) -> int:
+    from elm_jax.parallel.mesh import mesh_shape
+
+    data, fsdp, _ = mesh_shape(config.mesh, topology.chips)
+    return data * fsdp
+
+
+def cell(result: plan_lib.Plan, mfu: float) -> dict[str, str]:
+    peak = result.peak_bytes / GIB
+    how = "compiled" if result.compiled else ("XLA: out of HBM" if result.compiler_error
+                                               else "state alone exceeds HBM")
+    return {
+        "mesh": "x".join(str(result.mesh_shape[a]) for a in ("data", "fsdp", "tensor")),
+        "per chip": f"{result.per_chip_batch / result.config.train.microbatches:g} x "
+                    f"{result.config.train.microbatches}",
+        "remat": result.config.model.remat_policy,
+        "state GiB": f"{result.state_bytes / GIB:.2f}",
+        "temp GiB": "-" if result.temp_bytes is None else f"{result.temp_bytes / GIB:.2f}"
+                    + ("" if result.compiled else " (XLA)"),
+        "total GiB": f"{peak:.2f}" if result.compiled else f">= {peak:.2f}",
+        "HBM GiB": f"{result.hbm_bytes / GIB:.0f}",
+        "fits": "yes" if result.fits else f"no ({how})",
+        f"s/step @{mfu:.0%}": f"{result.step_seconds(mfu):.2f}",
+        "compile s": "-" if result.compile_seconds is None else f"{result.compile_seconds:.0f}",
+    }
+
+
+def rows_for(size: str, topology: topo_lib.Topology, per_chip: int, mfu: float) -> list[dict]:
+    config = recipe(size, topology, per_chip, batch_shards)
+    result = plan_lib.plan(config, topology)
+    rows = [{"size": size, "slice": str(topology), "setup": "preset", **cell(result, mfu)}]
+    if not result.fits and result.suggestions:
+        fix = result.suggestions[0]
+        try:
+            fixed = plan_lib.with_overrides(config, fix.overrides)
+            target = topo_lib.parse(fix.topology) if fix.topology else topology
+            second = plan_lib.plan(fixed, target)
+            rows.append({"size": size, "slice": str(target), "setup": fix.flags(),
+                         **cell(second, mfu)})
+        except ConfigError as err:
+            print(f"  suggestion not applicable: {err}", flush=True)
+    return rows
+
+
+def markdown(rows: list[dict], args: argparse.Namespace, seconds: float, pending: int) -> str:
+    import jax
+
+    header = list(rows[0])
+    lines = [
+        "# Will it fit? OpenELM on TPU slices",
+        "",
+        "Produced by `python bench/plan_table.py` (elm-plan's machinery): each row is the real",
+        "train step (optimizer state, donation, attention kernel) compiled ahead of time for the",
+        "slice through libtpu on a CPU, with XLA's per-chip memory analysis. Recipe: the paper's",
+        f"global batch 2048 x 2048 tokens, {args.per_chip} sequences per chip per microbatch, gradient",
+        "accumulation for the rest; the preset's remat and mesh (3B: full FSDP). A preset that does",
+        "not fit is followed by a row with the planner's first suggestion applied. Step times assume",
+        f"{args.mfu:.0%} MFU on the published peak bf16 FLOP/s; they are not measurements.",
+        "",
+        f"Generated {datetime.date.today()} with jax {jax.__version__} on {platform.machine()} "
+        f"({os.cpu_count()} CPUs) in {seconds / 60:.0f} min"
+        + (f"; {pending} cell(s) still running." if pending else "."),
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    lines += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
+    lines += ["", "Reproduce one row: `elm-plan --config experiments/openelm_<size>.py --topology "
+              "<slice> --config.train.microbatches=<n>`.", ""]
+    return "\n".join(lines)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """A half-written table never replaces a finished one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cells", default=",".join(CELLS), help="size:slice pairs, e.g. 3b:v5p-32")
+    p.add_argument("--per-chip", type=int, default=16, help="sequences per chip per microbatch")
+    p.add_argument("--mfu", type=float, default=0.4)
+    p.add_argument("--out", default=str(REPO / "docs" / "PLANNING.md"))
+    args = p.parse_args()
+    cells = [c.split(":") for c in args.cells.split(",")]
+    bad = [c for c in cells if len(c) != 2 or c[0] not in SIZES]
+    if bad:
+        p.error(f"cells must be size:slice with size in {', '.join(SIZES)}; got {bad}")
+    start = time.perf_counter()
+    rows: list[dict] = []
+    for done, (size, name) in enumerate(cells, 1):
+        began = time.perf_counter()
+        print(f"[{done}/{len(cells)}] {size} on {name} ...", flush=True)
+        rows += rows_for(size, topo_lib.parse(name), args.per_chip, args.mfu)
+        print(f"  {rows[-1]['fits']}, {time.perf_counter() - began:.0f} s", flush=True)
+        text = markdown(rows, args, time.perf_counter() - start, len(cells) - done)
+        write_atomic(Path(args.out), text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
