@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 from flax import nnx
 
-from elm_jax.config import Config, ModelConfig
+from elm_jax.config import Config, MeshConfig, ModelConfig
 from elm_jax.model import OpenELM
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ def checkpoint_kind(path: Path) -> str:
 
 def inference_mesh(tensor: int = 1) -> jax.sharding.Mesh:
     """Every device: batch rows over "data", attention heads and FFN over ``tensor`` devices."""
-    from elm_jax.config import MeshConfig
     from elm_jax.parallel.mesh import make_mesh
 
     return make_mesh(MeshConfig(data=-1, fsdp=1, tensor=tensor))
