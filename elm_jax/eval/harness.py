@@ -1,12 +1,12 @@
 """An lm-eval-harness model backed by elm_jax (the optional ``lm_eval`` extra).
 
     pip install "elm_jax[lm_eval]"
-    elm-lm-eval --model elm_jax --model_args checkpoint=runs/tiny --tasks arc_easy
+    lm_eval --model elm_jax --model_args checkpoint=runs/tiny --tasks arc_easy
 
-lm-eval-harness finds models only in its own registry and (as of 0.4.13) loads no plugins, so this
-module registers ``elm_jax`` when imported; ``elm-lm-eval`` (``python -m elm_jax.eval.harness``) is
-the ``lm_eval`` command line with it imported, and Python users call
-``lm_eval.simple_evaluate(model=ElmJaxLM(...), ...)`` or ``model="elm_jax"`` after importing this.
+lm-eval-harness finds models only in its own registry and (as of 0.4.13) loads no plugins: the
+package's start-up hook (``elm_jax/lm_eval_hook.py``) registers ``elm_jax`` inside lm-eval's command
+line, and importing this module registers it for Python users, who call
+``lm_eval.simple_evaluate(model=ElmJaxLM(...), ...)`` or ``model="elm_jax"``.
 Context / continuation splitting and empty contexts come from lm-eval's ``TemplateLM``, scoring
 and generation from ``elm_jax.eval.scoring`` and ``elm_jax.infer``.
 """
@@ -153,13 +153,3 @@ class ElmJaxLM(TemplateLM):
                     self.cache_hook.add_partial("generate_until", requests[i].args, text)
         return results
 
-
-def main() -> None:
-    """``lm_eval``'s command line with the ``elm_jax`` model registered."""
-    from lm_eval.__main__ import cli_evaluate
-
-    cli_evaluate()
-
-
-if __name__ == "__main__":
-    main()

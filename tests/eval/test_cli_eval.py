@@ -1,6 +1,10 @@
-"""``elm-eval`` on a run directory and ``elm-lm-eval --model elm_jax`` on an HF directory."""
+"""``elm-eval`` on a run directory and stock ``lm_eval --model elm_jax`` on an HF directory."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from cli_helpers import VOCAB, run_module, tiny_run_config, write_run_dir, write_tokenizer
@@ -56,8 +60,17 @@ def test_elm_eval_on_a_run_directory_reports_perplexity_and_tasks(checkpoint, tm
     assert again.returncode == 2 and "exists" in again.stderr  # results are never overwritten
 
 
-def test_lm_eval_command_line_finds_the_elm_jax_model(checkpoint, tmp_path):
-    pytest.importorskip("lm_eval", reason="the optional lm_eval extra is not installed")
+def lm_eval_command(how: str) -> list[str]:
+    """lm-eval's own entry points: its console script, or ``python -m lm_eval``."""
+    if how == "script":
+        return [str(Path(sys.executable).with_name("lm_eval"))]
+    return [sys.executable, "-m", "lm_eval"]
+
+
+@pytest.mark.parametrize("how", ["script", "module"])
+def test_stock_lm_eval_command_line_finds_the_elm_jax_model(checkpoint, tmp_path, how):
+    """Needs the package installed (``pip install -e ".[lm_eval]"``): its ``.pth`` hook registers
+    the model with lm-eval at start-up, since lm-eval loads no plugins itself."""
     path, tokenizer, data = checkpoint
     tasks = tmp_path / "tasks"
     tasks.mkdir()
@@ -68,9 +81,11 @@ def test_lm_eval_command_line_finds_the_elm_jax_model(checkpoint, tmp_path):
         "doc_to_target: label\ndoc_to_choice: \"{{[sol1, sol2]}}\"\n"
         "metric_list:\n  - metric: acc\n  - metric: acc_norm\n")
     out_dir = tmp_path / "lm_eval_out"
-    out = run_module("elm_jax.eval.harness", "--model", "elm_jax", "--model_args",
-                     f"checkpoint={path},tokenizer={tokenizer}", "--batch_size", "4", "--tasks",
-                     "tiny_piqa", "--include_path", str(tasks), "--output_path", str(out_dir))
+    args = ["--model", "elm_jax", "--model_args", f"checkpoint={path},tokenizer={tokenizer}",
+            "--batch_size", "4", "--tasks", "tiny_piqa", "--include_path", str(tasks),
+            "--output_path", str(out_dir)]
+    out = subprocess.run(lm_eval_command(how) + args, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     (result_file,) = out_dir.rglob("results_*.json")
     theirs = json.loads(result_file.read_text())["results"]["tiny_piqa"]

@@ -2,11 +2,10 @@
 
 import json
 
+import lm_eval
 import numpy as np
 import pytest
 from tiny_lm import reference_logprob
-
-lm_eval = pytest.importorskip("lm_eval", reason="the optional lm_eval extra is not installed")
 
 from elm_jax.eval.harness import ElmJaxLM  # noqa: E402
 from elm_jax.eval.tasks import arc  # noqa: E402
