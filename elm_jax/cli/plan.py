@@ -24,6 +24,7 @@ MFU = flags.DEFINE_float("mfu", 0.4, "model FLOPs utilisation to convert FLOPs i
 HBM_FRACTION = flags.DEFINE_float("hbm_fraction", 0.95, "share of HBM the step may use")
 BATCH_SEARCH = flags.DEFINE_boolean("batch_search", False,
                                     "find the largest per-chip batch that fits (several compiles)")
+flags.DEFINE_alias("batch-search", "batch_search")  # the spelling in MaxText-style docs
 BATCH_LIMIT = flags.DEFINE_integer("batch_limit", 1024, "largest per-chip batch --batch_search tries")
 VERIFY = flags.DEFINE_boolean("verify_suggestions", False,
                               "when it does not fit, compile each suggestion until one fits")

@@ -66,6 +66,12 @@ def test_3b_on_one_v5e_chip_does_not_fit_and_says_what_would():
     assert f"parameters + optimizer state {12 * 3_037_040_640 / GIB:8.2f} GiB" in out
     # Fully sharded it needs 8 v5e chips to keep half of each HBM free for activations.
     assert "--topology v5e-8 --config.mesh.data=1 --config.mesh.fsdp=-1" in out
+    # The batch search (spelled as in the issue) starts at one sequence per chip and stops there.
+    search = plan_cli("--config", "experiments/openelm_3b.py", "--topology", "v5e-1",
+                      "--batch-search")
+    assert search.returncode == 1, search.stderr[-2000:]
+    assert search.stdout.startswith("per-chip batch 1: does not fit")
+    assert "not even the smallest batch fits" in search.stdout
 
 
 def test_cli_user_errors_are_one_line():
