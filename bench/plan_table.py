@@ -73,20 +73,26 @@ def cell(result: plan_lib.Plan, mfu: float) -> dict[str, str]:
     }
 
 
-def rows_for(size: str, topology: topo_lib.Topology, per_chip: int, mfu: float) -> list[dict]:
+def rows_for(size: str, topology: topo_lib.Topology, per_chip: int, mfu: float,
+             follow_ups: int = 3) -> list[dict]:
+    """The preset's row, then while it does not fit, the planner's first suggestion applied on top
+    of the previous setup (so the last row is the whole recipe of changes), at most ``follow_ups``."""
     config = recipe(size, topology, per_chip, batch_shards)
     result = plan_lib.plan(config, topology)
     rows = [{"size": size, "slice": str(topology), "setup": "preset", **cell(result, mfu)}]
-    if not result.fits and result.suggestions:
+    for _ in range(follow_ups):
+        if result.fits or not result.suggestions:
+            break
         fix = result.suggestions[0]
         try:
-            fixed = plan_lib.with_overrides(config, fix.overrides)
-            target = topo_lib.parse(fix.topology) if fix.topology else topology
-            second = plan_lib.plan(fixed, target)
-            rows.append({"size": size, "slice": str(target), "setup": fix.flags(),
-                         **cell(second, mfu)})
+            config = plan_lib.with_overrides(config, fix.overrides)
         except ConfigError as err:
             print(f"  suggestion not applicable: {err}", flush=True)
+            break
+        topology = topo_lib.parse(fix.topology) if fix.topology else topology
+        result = plan_lib.plan(config, topology)
+        rows.append({"size": size, "slice": str(topology), "setup": "+ " + fix.flags(),
+                     **cell(result, mfu)})
     return rows
 
 
@@ -102,7 +108,8 @@ def markdown(rows: list[dict], args: argparse.Namespace, seconds: float, pending
         "slice through libtpu on a CPU, with XLA's per-chip memory analysis. Recipe: the paper's",
         f"global batch 2048 x 2048 tokens, {args.per_chip} sequences per chip per microbatch, gradient",
         "accumulation for the rest; the preset's remat and mesh (3B: full FSDP). A preset that does",
-        "not fit is followed by a row with the planner's first suggestion applied. Step times assume",
+        "not fit is followed by rows that each add the planner's first suggestion for the row above",
+        "(`+ flags`, cumulative), until one fits (at most three). Step times assume",
         f"{args.mfu:.0%} MFU on the published peak bf16 FLOP/s; they are not measurements.",
         "",
         f"Generated {datetime.date.today()} with jax {jax.__version__} on {platform.machine()} "
@@ -114,7 +121,7 @@ def markdown(rows: list[dict], args: argparse.Namespace, seconds: float, pending
     ]
     lines += ["| " + " | ".join(str(r.get(h, "-")) for h in header) + " |" for r in rows]
     lines += ["", "Reproduce one row: `elm-plan --config experiments/openelm_<size>.py --topology "
-              "<slice> --config.train.microbatches=<n>`.", ""]
+              "<slice> --config.train.microbatches=<n>` plus the row's `+` flags and those above it.", ""]
     return "\n".join(lines)
 
 
