@@ -3,14 +3,15 @@
 # one H100: device facts, kernel correctness vs float32 XLA on the GPU (pallas and cuDNN, forward
 # and dQ/dK/dV, packed and ragged cases), a block-size sweep at the headline shape, then the
 # benchmark table (rows stop being started after BUDGET_S seconds; the rest are listed as not
-# measured). Results go to $OUT (default ./gpu_results): attention.md (everything printed),
-# attention.jsonl (one line per timing), device.txt.
+# measured), then bench/decode.py (KV-cache generation, needs flax). Results go to $OUT (default
+# ./gpu_results): attention.md (everything printed), attention.jsonl (one line per timing),
+# decode.md, device.txt.
 #
 #   bench/gpu.sh                       # defaults below: about 3-4 minutes
 #   QUICK=1 bench/gpu.sh               # about 1.5 minutes: 2 checks, seq 2048, 2 shapes, no sweep
 #   SEQS=2048 SWEEP=0 BUDGET_S=60 bench/gpu.sh
 #
-# Needs only jax[cuda] and numpy (elm_jax.kernels imports nothing else). Exit status 1 when a
+# The attention part needs only jax[cuda] and numpy (elm_jax.kernels imports nothing else). Exit status 1 when a
 # correctness check of our kernel fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -52,4 +53,13 @@ $PY bench/attention.py "${flags[@]}" 2>&1 | tee "$OUT/attention.md"
 status=${PIPESTATUS[0]}
 echo "bench/gpu.sh: bench/attention.py exited $status after $(( $(date +%s) - start ))s" \
   | tee -a "$OUT/attention.md"
+
+# Issue 7's decode benchmark (needs flax as well; DECODE=0 skips it).
+if [ "${DECODE:-1}" = 1 ]; then
+  if $PY -c "import flax.nnx" > "$OUT/decode.md" 2>&1; then
+    $PY bench/decode.py 2>&1 | tee "$OUT/decode.md"
+  else
+    echo "bench/gpu.sh: decode benchmark not run: flax does not import here" | tee -a "$OUT/decode.md"
+  fi
+fi
 exit "$status"
