@@ -11,8 +11,8 @@
 #   QUICK=1 bench/gpu.sh               # about 1.5 minutes: 2 checks, seq 2048, 2 shapes, no sweep
 #   SEQS=2048 SWEEP=0 BUDGET_S=60 bench/gpu.sh
 #
-# The attention part needs only jax[cuda] and numpy (elm_jax.kernels imports nothing else). Exit status 1 when a
-# correctness check of our kernel fails.
+# The attention part needs only jax[cuda] and numpy (elm_jax.kernels imports nothing else).
+# Exit status 1 when a correctness check of our kernel fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
