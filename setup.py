@@ -2,7 +2,8 @@
 
 ``elm_jax_lm_eval.pth`` goes to the top of site-packages (regular and editable installs) so that
 stock ``lm_eval --model elm_jax`` finds our model (see ``elm_jax/lm_eval_hook.py``). Its one line
-does nothing when elm_jax is gone, and nothing outside lm-eval's command line.
+imports nothing unless the command line mentions lm-eval, and does nothing when
+elm_jax is gone or outside lm-eval's command line.
 """
 
 from pathlib import Path
@@ -12,8 +13,11 @@ from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
 
 PTH = "elm_jax_lm_eval.pth"
-HOOK = ('import sys; exec("try:\\n    from elm_jax.lm_eval_hook import install\\n'
-        'except ImportError:\\n    pass\\nelse:\\n    install()")\n')
+# Only a command line that mentions lm_eval / lm-eval imports anything: every other interpreter
+# (and every other checkout of elm_jax on sys.path) is left alone.
+HOOK = ('import sys; exec("if any(\'lm_eval\' in a or \'lm-eval\' in a for a in getattr(sys, '
+        '\'orig_argv\', sys.argv)):\\n    try:\\n        from elm_jax.lm_eval_hook import install\\n'
+        '    except ImportError:\\n        pass\\n    else:\\n        install()")\n')
 
 
 def write_hook(directory: str) -> str:

@@ -221,12 +221,21 @@ class MeshConfig:
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    # overrides of the logical-axis rules (elm_jax.parallel.rules), e.g.
+    # "activation_embed=tensor,mlp=fsdp+tensor" ("name=" replicates that dimension)
+    rules: str = ""
 
     def validate(self) -> None:
         sizes = (self.data, self.fsdp, self.tensor)
         if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
             _fail("mesh", dict(data=self.data, fsdp=self.fsdp, tensor=self.tensor),
                   "positive axis sizes with at most one -1 (= the remaining devices)")
+        from elm_jax.parallel.rules import parse_rules
+
+        try:
+            parse_rules(self.rules)
+        except ValueError as err:
+            raise ConfigError(f"mesh.rules: {err}") from None
 
 
 @dataclasses.dataclass(frozen=True)

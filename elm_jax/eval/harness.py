@@ -1,6 +1,6 @@
 """An lm-eval-harness model backed by elm_jax (the optional ``lm_eval`` extra).
 
-    pip install "elm_jax[lm_eval]"
+    pip install "elm_jax[lmeval]"
     lm_eval --model elm_jax --model_args checkpoint=runs/tiny --tasks arc_easy
 
 lm-eval-harness finds models only in its own registry and (as of 0.4.13) loads no plugins: the

@@ -14,19 +14,15 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from elm_jax.parallel import mesh as mesh_lib
+from elm_jax.parallel.rules import constrain
 
-KV_AXES = ("batch", None, "kv_heads", "head_dim")
+KV_AXES = ("activation_batch", None, "activation_kv_heads", None)
 
 
 def constrain_kv(x: jax.Array, q_heads: int) -> jax.Array:
-    """Inside jit: lay out one layer's ``[batch, length, kv_heads, head_dim]`` keys or values."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return x
-    heads = mesh_lib.logical_to_spec(("heads",), (q_heads,), mesh)
-    replicate = mesh_lib.HEAD_AXES if heads == jax.sharding.PartitionSpec(None) else ()
-    spec = mesh_lib.logical_to_spec(KV_AXES, x.shape, mesh, replicate=replicate)
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+    """Inside jit: lay out one layer's ``[batch, length, kv_heads, head_dim]`` keys or values as
+    training lays out that layer's k and v (so a cache update never reshards)."""
+    return constrain(x, KV_AXES, heads=(q_heads, x.shape[2]))
 
 
 def global_batch(array: np.ndarray) -> jax.Array:

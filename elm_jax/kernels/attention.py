@@ -112,12 +112,12 @@ def per_shard(fn, q: jax.Array, k: jax.Array, v: jax.Array,
               segment_ids: jax.Array | None) -> jax.Array:
     """Run ``fn(q, k, v, segment_ids)`` on each device's batch/head shard of the ambient mesh."""
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
+    if mesh.empty or set(mesh.axis_names) <= set(getattr(mesh, "manual_axes", ())):
         return fn(q, k, v, segment_ids)
+    # Even with nothing to split (both replicated) the kernel goes inside shard_map: the
+    # partitioner cannot place a Mosaic custom call by itself.
     batch = _mesh_axes(mesh, BATCH_AXES, q.shape[0])
     heads = _mesh_axes(mesh, (HEAD_AXIS,), math.gcd(q.shape[2], k.shape[2]))
-    if batch is None and heads is None:
-        return fn(q, k, v, segment_ids)
     spec = P(batch, None, heads, None)
     if segment_ids is None:
         return jax.shard_map(lambda q, k, v: fn(q, k, v, None), mesh=mesh,

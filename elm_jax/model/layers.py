@@ -1,8 +1,10 @@
 """The building blocks of an OpenELM layer: RMSNorm, RoPE, grouped-query attention, SwiGLU.
 
 Every parameter carries ``logical_axes`` metadata (``"embed"``, ``"heads"``, ``"kv_heads"``,
-``"head_dim"``, ``"mlp"``, ``"vocab"``, ``"norm"``); ``elm_jax.parallel`` maps those names to mesh
-axes, so changing the parallelism never touches this file. The metadata is our own key rather than
+``"head_dim"``, ``"mlp"``, ``"vocab"``, ``"norm"``) and the main activations are constrained to
+logical names too (``"activation_batch"``, ``"activation_heads"``, ...); the rules table of
+``elm_jax.parallel.rules`` maps those names to mesh axes, so changing the parallelism never touches
+this file. The metadata is our own key rather than
 Flax's sharding annotation, whose name and eager behaviour change between Flax releases.
 """
 
@@ -14,6 +16,12 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from elm_jax.kernels import attention
+from elm_jax.parallel.rules import constrain
+
+RESIDUAL = ("activation_batch", "activation_length", "activation_embed")
+Q_HEADS = ("activation_batch", "activation_length", "activation_heads", None)
+KV_HEADS = ("activation_batch", "activation_length", "activation_kv_heads", None)
+MLP = ("activation_batch", "activation_length", "activation_mlp")
 
 Initializer = nnx.initializers.Initializer
 
@@ -71,6 +79,7 @@ class Attention(nnx.Module):
                  dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs,
                  attention_interpret: bool = False):
         self.head_dim = head_dim
+        self.heads = (q_heads, kv_heads)
         self.rope_theta = rope_theta
         self.attention_impl = attention_impl
         self.attention_interpret = attention_interpret
@@ -98,7 +107,8 @@ class Attention(nnx.Module):
         cos, sin = rope_angles(positions, self.head_dim, self.rope_theta)
         q = apply_rope(self.q_norm(q), cos, sin)
         k = apply_rope(self.k_norm(k), cos, sin)
-        return q, k, v
+        return (constrain(q, Q_HEADS, heads=self.heads), constrain(k, KV_HEADS, heads=self.heads),
+                constrain(v, KV_HEADS, heads=self.heads))
 
     def output(self, attended: jax.Array) -> jax.Array:
         """Project attended values ``[batch, seq, heads, head_dim]`` back to the residual stream."""
@@ -109,7 +119,7 @@ class Attention(nnx.Module):
         q, k, v = self.project(x, positions)
         attended = attention(q, k, v, segment_ids=segment_ids, causal=True,
                              impl=self.attention_impl, interpret=self.attention_interpret)
-        attended = checkpoint_name(attended, "attention_out")
+        attended = checkpoint_name(constrain(attended, Q_HEADS, heads=self.heads), "attention_out")
         return self.output(attended)
 
 
@@ -129,4 +139,5 @@ class SwiGLU(nnx.Module):
         x = x.astype(self.dtype)
         gate = x @ self.gate[...].astype(self.dtype)
         up = x @ self.up[...].astype(self.dtype)
-        return (jax.nn.silu(gate) * up) @ self.down[...].astype(self.dtype)
+        hidden = constrain(jax.nn.silu(gate) * up, MLP)
+        return hidden @ self.down[...].astype(self.dtype)

@@ -14,7 +14,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from elm_jax.config import ModelConfig
-from elm_jax.model.layers import Attention, RMSNorm, SwiGLU, normal, param
+from elm_jax.model.layers import RESIDUAL, Attention, RMSNorm, SwiGLU, normal, param
+from elm_jax.parallel.rules import constrain
+
+LOGITS = ("activation_batch", "activation_length", "activation_vocab")
 
 REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole layer
@@ -22,28 +25,6 @@ REMAT_POLICIES = {
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "save_attention_out": jax.checkpoint_policies.save_only_these_names("attention_out"),
 }
-
-
-BATCH_AXES = ("data", "fsdp")  # mesh axes that split the batch (elm_jax.parallel.mesh)
-
-
-def shard_batch(x: jax.Array) -> jax.Array:
-    """Pin the batch dimension of activations to the ambient mesh's batch axes (no-op off a mesh).
-
-    The embedding table is sharded over ``fsdp`` on its model dimension; left alone, the compiler
-    propagates that into the residual stream and, under FSDP, computes every layer and the logits
-    for the whole batch on every device, sharded over the model dimension instead.
-    """
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return x
-    manual = set(getattr(mesh, "manual_axes", ()))
-    axes = tuple(a for a in BATCH_AXES
-                 if a in mesh.axis_names and a not in manual and mesh.shape[a] > 1)
-    if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
-        return x
-    spec = jax.sharding.PartitionSpec(axes, *([None] * (x.ndim - 1)))
-    return jax.lax.with_sharding_constraint(x, spec)
 
 
 class DecoderLayer(nnx.Module):
@@ -75,8 +56,8 @@ class DecoderLayer(nnx.Module):
         Training passes the layer's own attention; decoding passes one that reads a KV cache
         (``elm_jax.infer``), so both share this one definition of the block.
         """
-        x = x + attend(self.attn_norm(x)).astype(x.dtype)
-        return x + self.ffn(self.ffn_norm(x)).astype(x.dtype)
+        x = constrain(x + attend(self.attn_norm(x)).astype(x.dtype), RESIDUAL)
+        return constrain(x + self.ffn(self.ffn_norm(x)).astype(x.dtype), RESIDUAL)
 
 
 def _run_layer(layer: DecoderLayer, x: jax.Array, positions: jax.Array,
@@ -96,14 +77,17 @@ class OpenELM(nnx.Module):
         self.norm = RMSNorm(cfg.model_dim, eps=cfg.norm_eps, param_dtype=param_dtype, rngs=rngs)
 
     def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+        # Pinned: left alone, the compiler propagates the table's sharding ("embed" over fsdp)
+        # into the residual stream and, under FSDP, computes every layer for the whole batch.
         x = jnp.take(self.embed[...], tokens, axis=0).astype(jnp.dtype(self.cfg.dtype))
-        return shard_batch(x)
+        return constrain(x, RESIDUAL)
 
     def logits(self, x: jax.Array) -> jax.Array:
         """Final norm, then the tied output projection, accumulated and returned in float32."""
         dtype = jnp.dtype(self.cfg.dtype)
-        return jnp.einsum("bsd,vd->bsv", self.norm(x).astype(dtype), self.embed[...].astype(dtype),
-                          preferred_element_type=jnp.float32)
+        logits = jnp.einsum("bsd,vd->bsv", self.norm(x).astype(dtype),
+                            self.embed[...].astype(dtype), preferred_element_type=jnp.float32)
+        return constrain(logits, LOGITS)
 
     def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None,
                  segment_ids: jax.Array | None = None) -> jax.Array:

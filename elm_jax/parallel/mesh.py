@@ -1,13 +1,15 @@
 """The device mesh ("data", "fsdp", "tensor"), logical-axis rules, and the shardings they imply.
 
 Every parameter names its dimensions (``logical_axes`` metadata, e.g. ``("embed", "heads",
-"head_dim")``); ``DEFAULT_RULES`` maps those names to mesh axes. Pure data parallelism, FSDP and
-FSDP + tensor parallelism are therefore mesh sizes in the config, never a code change.
+"head_dim")``) and so does every main activation; the rules table (``elm_jax.parallel.rules``:
+``DEFAULT_RULES`` plus the config's ``mesh.rules``) maps those names to mesh axes. Pure data
+parallelism, FSDP and FSDP + tensor parallelism are therefore config edits, never a code change.
 
 OpenELM's layers have different head counts, so the tensor axis may divide some layers' heads and not
 others. The rule: a module's head dimensions (``heads`` and ``kv_heads`` of one attention block) are
 sharded together or not at all; a layer whose query or kv head count the tensor axis does not divide
-keeps all its attention weights replicated over ``tensor`` (its FFN stays sharded).
+keeps all its attention weights and attention activations replicated over ``tensor`` (its FFN
+stays sharded).
 ``sharding_report`` lists those layers. Any other dimension that its mesh axes do not divide (e.g. an
 odd vocabulary) is replicated likewise.
 """
@@ -25,24 +27,16 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from elm_jax.config import ConfigError, MeshConfig, ModelConfig
 from elm_jax.parallel import multislice
-
-AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
-
-# logical axis -> mesh axes (None: replicated). "batch" is the leading dimension of every input.
-DEFAULT_RULES: Mapping[str, tuple[str, ...] | None] = {
-    "batch": BATCH_AXES,
-    "vocab": ("tensor",),
-    "embed": ("fsdp",),
-    "heads": ("tensor",),
-    "kv_heads": ("tensor",),
-    "mlp": ("tensor",),
-    "head_dim": None,
-    "norm": None,
-}
-HEAD_AXES = ("heads", "kv_heads")  # sharded together within a module, or replicated together
-
-Rules = Mapping[str, tuple[str, ...] | None]
+from elm_jax.parallel.rules import (  # noqa: F401  (re-exported: the mesh's public vocabulary)
+    AXES,
+    BATCH_AXES,
+    DEFAULT_RULES,
+    HEAD_AXES,
+    Rules,
+    _axis_size,
+    logical_to_spec,
+    rules_from_config,
+)
 
 
 def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
@@ -80,29 +74,6 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> j
 def single_device_mesh(device: jax.Device | None = None) -> jax.sharding.Mesh:
     """A 1x1x1 mesh (a one-device run is still a mesh run)."""
     return make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), [device or jax.devices()[0]])
-
-
-def _axis_size(mesh: jax.sharding.Mesh, axes: tuple[str, ...]) -> int:
-    return math.prod(mesh.shape[a] for a in axes)
-
-
-def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: jax.sharding.Mesh,
-                    rules: Rules = DEFAULT_RULES, *, replicate: Sequence[str] = ()) -> PartitionSpec:
-    """PartitionSpec for one array: each named dimension takes its rule's mesh axes when they divide
-    it and are not already used by an earlier dimension; names in ``replicate`` stay replicated."""
-    if len(logical_axes) != len(shape):
-        raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}")
-    used: set[str] = set()
-    spec: list[Any] = []
-    for name, size in zip(logical_axes, shape):
-        axes = tuple(a for a in (rules.get(name) or ()) if a in mesh.shape and a not in used)
-        axes = tuple(a for a in axes if mesh.shape[a] > 1)
-        if name in replicate or not axes or size % _axis_size(mesh, axes):
-            spec.append(None)
-            continue
-        used.update(axes)
-        spec.append(axes[0] if len(axes) == 1 else axes)
-    return PartitionSpec(*spec)
 
 
 def _head_groups_to_replicate(flat: Sequence[tuple[tuple, Any]], mesh: jax.sharding.Mesh,

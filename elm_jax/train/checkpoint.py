@@ -231,7 +231,7 @@ def load_model(run_dir: str | os.PathLike, *, step: int | None = None,
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype=dtype))
     mesh = mesh or mesh_lib.single_device_mesh()
     graphdef, abstract_state = nnx.split(abstract_model(config.model))
-    shardings = mesh_lib.param_shardings(config.model, mesh)
+    shardings = mesh_lib.param_shardings(config.model, mesh, mesh_lib.rules_from_config(config.mesh))
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             nnx.to_pure_dict(abstract_state), shardings)
     ckpt = Checkpointer(run_dir, config, read_only=True)

@@ -189,7 +189,7 @@ def train(config: Config, *, make_iterator: IteratorFactory | None = None, token
     say(f"{config.name}: mesh {dict(mesh.shape)} on {len(mesh.devices.flat)} "
         f"{jax.devices()[0].device_kind} device(s); run dir {run_dir}; "
         + (f"resumed at step {step}" if step else "starting from scratch"))
-    for note in mesh_lib.sharding_report(config.model, mesh):
+    for note in mesh_lib.sharding_report(config.model, mesh, mesh_lib.rules_from_config(config.mesh)):
         say(f"sharding: {note}")
     result = TrainResult(step=step, preempted=False)
     if entropy_tokens > 0:

@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from elm_jax.config import Config
 from elm_jax.model import abstract_model, build
 from elm_jax.parallel import mesh as mesh_lib
+from elm_jax.parallel import rules as rules_lib
 from elm_jax.train.loss import LossSums, loss_sums
 from elm_jax.train.optimizer import learning_rate_schedule, make_optimizer
 
@@ -172,8 +173,11 @@ class TrainStep:
 
 
 def state_shardings(config: Config, mesh: jax.sharding.Mesh,
-                    rules: mesh_lib.Rules = mesh_lib.DEFAULT_RULES) -> tuple[TrainState, TrainState]:
-    """(abstract state, its shardings) for ``config`` on ``mesh``, without allocating."""
+                    rules: mesh_lib.Rules | None = None) -> tuple[TrainState, TrainState]:
+    """(abstract state, its shardings) for ``config`` on ``mesh``, without allocating.
+
+    ``rules`` default to the config's (``mesh.rules`` over ``DEFAULT_RULES``)."""
+    rules = mesh_lib.rules_from_config(config.mesh) if rules is None else rules
     tx = make_optimizer(config.train)
     param_sh = mesh_lib.param_shardings(config.model, mesh, rules)
     abstract_params = nnx.to_pure_dict(nnx.state(abstract_model(config.model), nnx.Param))
@@ -188,7 +192,7 @@ def state_shardings(config: Config, mesh: jax.sharding.Mesh,
 
 
 def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = True,
-                    rules: mesh_lib.Rules = mesh_lib.DEFAULT_RULES,
+                    rules: mesh_lib.Rules | None = None,
                     compiler_options: Mapping[str, Any] | None = None) -> TrainStep:
     """The train step of ``config`` for ``mesh`` (jitted, not yet compiled).
 
@@ -196,6 +200,7 @@ def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = T
     ``{"xla_backend_optimization_level": 0}`` for quick CPU compiles in tests).
     """
     mesh_lib.check_batch_divides(mesh, config.train.batch_size, config.train.microbatches)
+    rules = mesh_lib.rules_from_config(config.mesh) if rules is None else rules
     tx = make_optimizer(config.train)
     schedule = learning_rate_schedule(config.train)
     gdef = graphdef(config)
@@ -210,7 +215,8 @@ def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = T
         return TrainState(zero, params, tx.init(params), zero, zero - 1)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        sums, grads = loss_and_grads(config, gdef, state.params, batch, mesh)
+        with rules_lib.use_rules(rules):  # the model's activation constraints read them
+            sums, grads = loss_and_grads(config, gdef, state.params, batch, mesh)
         grad_norm = optax.tree.norm(grads)
         loss = sums.objective(config.train.z_loss)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -238,15 +244,21 @@ def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = T
 
 
 def make_eval_step(config: Config, mesh: jax.sharding.Mesh, *, batch_size: int | None = None,
-                   rules: mesh_lib.Rules = mesh_lib.DEFAULT_RULES,
+                   rules: mesh_lib.Rules | None = None,
                    compiler_options: Mapping[str, Any] | None = None
                    ) -> Callable[[Params, Batch], LossSums]:
     """Jitted ``fn(params, batch) -> LossSums`` for held-out loss and perplexity."""
     mesh_lib.check_batch_divides(mesh, batch_size or config.train.batch_size)
+    rules = mesh_lib.rules_from_config(config.mesh) if rules is None else rules
     gdef = graphdef(config)
     param_sh = mesh_lib.param_shardings(config.model, mesh, rules)
     batch_sh = {name: mesh_lib.batch_sharding(mesh) for name in BATCH_FIELDS}
-    jitted = jax.jit(lambda params, batch: forward_sums(gdef, params, batch),
+
+    def sums(params: Params, batch: Batch) -> LossSums:
+        with rules_lib.use_rules(rules):
+            return forward_sums(gdef, params, batch)
+
+    jitted = jax.jit(sums,
                      in_shardings=(param_sh, batch_sh), out_shardings=mesh_lib.replicated(mesh),
                      compiler_options=compiler_options)
 

@@ -69,7 +69,7 @@ def lm_eval_command(how: str) -> list[str]:
 
 @pytest.mark.parametrize("how", ["script", "module"])
 def test_stock_lm_eval_command_line_finds_the_elm_jax_model(checkpoint, tmp_path, how):
-    """Needs the package installed (``pip install -e ".[lm_eval]"``): its ``.pth`` hook registers
+    """Needs the package installed (``pip install -e ".[lmeval]"``): its ``.pth`` hook registers
     the model with lm-eval at start-up, since lm-eval loads no plugins itself."""
     path, tokenizer, data = checkpoint
     tasks = tmp_path / "tasks"

@@ -113,3 +113,18 @@ def test_heads_indivisible_by_tensor_axis_are_replicated():
         out = jax.jit(call)(q, k, v)
     assert specs[0] == P(("data", "fsdp"), None, None, None)
     np.testing.assert_allclose(out, xla_attention(q, k, v, segment_ids=ids), atol=1e-5, rtol=1e-5)
+
+
+def test_kernel_with_nothing_to_split_still_runs_inside_shard_map():
+    # batch 3 and 3 kv heads divide none of the 2x2x2 mesh's axes: the Mosaic/Triton call must
+    # still sit in a (replicated) shard_map, which the partitioner can place; a bare call cannot.
+    mesh = _mesh()
+    q, k, v, ids = _qkv(3, 24, 6, 3)
+    with jax.set_mesh(mesh):
+        def call(q, k, v):
+            return attention(q, k, v, segment_ids=ids, impl="pallas_gpu", interpret=True)
+
+        specs = _shard_map_in_specs(call, q, k, v)
+        out = jax.jit(call)(q, k, v)
+    assert specs[0] == P(None, None, None, None)
+    np.testing.assert_allclose(out, xla_attention(q, k, v, segment_ids=ids), atol=1e-5, rtol=1e-5)
