@@ -71,4 +71,6 @@ if __name__ == "__main__":
     import jax.experimental.multihost_utils  # noqa: F401
 
     scenarios = {"allgather": allgather, "train": train}
-    print("RESULT " + json.dumps(scenarios[sys.argv[1]](*sys.argv[2:])), flush=True)
+    # One write for the whole line: processes sharing a pipe (srun) must not interleave it.
+    sys.stdout.write("RESULT " + json.dumps(scenarios[sys.argv[1]](*sys.argv[2:])) + "\n")
+    sys.stdout.flush()
