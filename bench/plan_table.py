@@ -6,9 +6,9 @@
 Each cell is one ahead-of-time compile of the real train step (libtpu on this CPU): the paper's
 recipe (global batch 2048 x 2048 tokens, the preset's remat and mesh) with ``--per-chip`` sequences
 per chip per microbatch, gradient accumulation making up the rest of the global batch. A setup
-that does not fit is planned once more with the planner's first suggestion. Compiles of the
-larger models take minutes each on a small machine: the table is rewritten after every cell, so
-an interrupted run keeps what it finished.
+that does not fit is planned again with the planner's first suggestion added, up to three times.
+Compiles of the larger models take minutes each on a small machine: the table is rewritten after
+every cell, so an interrupted run keeps what it finished (``--resume``).
 """
 
 from __future__ import annotations
@@ -73,27 +73,22 @@ def cell(result: plan_lib.Plan, mfu: float) -> dict[str, str]:
     }
 
 
-def rows_for(size: str, topology: topo_lib.Topology, per_chip: int, mfu: float,
-             follow_ups: int = 3) -> list[dict]:
-    """The preset's row, then while it does not fit, the planner's first suggestion applied on top
-    of the previous setup (so the last row is the whole recipe of changes), at most ``follow_ups``."""
-    config = recipe(size, topology, per_chip, batch_shards)
+def plan_row(size: str, topology: topo_lib.Topology, overrides: list, per_chip: int,
+             mfu: float) -> dict:
+    """One compile: the recipe with ``overrides`` (cumulative suggestions) on ``topology``; the
+    row, plus under ``"next"`` the planner's first suggestion when it does not fit."""
+    try:
+        config = plan_lib.with_overrides(recipe(size, topology, per_chip, batch_shards),
+                                         [tuple(o) for o in overrides])
+    except ConfigError as err:
+        return {"size": size, "slice": str(topology), "fits": f"not planned: {err}"}
     result = plan_lib.plan(config, topology)
-    rows = [{"size": size, "slice": str(topology), "setup": "preset", **cell(result, mfu)}]
-    for _ in range(follow_ups):
-        if result.fits or not result.suggestions:
-            break
+    row = {"size": size, "slice": str(topology), **cell(result, mfu)}
+    if not result.fits and result.suggestions:
         fix = result.suggestions[0]
-        try:
-            config = plan_lib.with_overrides(config, fix.overrides)
-        except ConfigError as err:
-            print(f"  suggestion not applicable: {err}", flush=True)
-            break
-        topology = topo_lib.parse(fix.topology) if fix.topology else topology
-        result = plan_lib.plan(config, topology)
-        rows.append({"size": size, "slice": str(topology), "setup": "+ " + fix.flags(),
-                     **cell(result, mfu)})
-    return rows
+        row["next"] = {"overrides": [list(o) for o in fix.overrides], "topology": fix.topology,
+                       "flags": fix.flags()}
+    return row
 
 
 def markdown(rows: list[dict], args: argparse.Namespace, seconds: float, pending: int) -> str:
@@ -133,11 +128,12 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def plan_cell_in_child(cell_name: str, args: argparse.Namespace) -> list[dict]:
-    """Plan one cell in a child process, killed when its host memory passes ``--max-host-gib``:
-    compiling the larger models takes many GiB of RAM, and this machine is shared."""
-    argv = [sys.executable, __file__, "--one", cell_name, "--per-chip", str(args.per_chip),
-            "--mfu", str(args.mfu)]
+def plan_in_child(size: str, slice_name: str, overrides: list,
+                  args: argparse.Namespace) -> dict | None:
+    """``plan_row`` in a child process, killed when its host memory passes ``--max-host-gib``
+    (compiling the larger models takes many GiB of RAM, and this machine is shared); None then."""
+    argv = [sys.executable, __file__, "--one", f"{size}:{slice_name}", "--overrides",
+            json.dumps(overrides), "--per-chip", str(args.per_chip), "--mfu", str(args.mfu)]
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
     peak = 0.0
     while child.poll() is None:
@@ -149,15 +145,37 @@ def plan_cell_in_child(cell_name: str, args: argparse.Namespace) -> list[dict]:
         if peak > args.max_host_gib:
             child.kill()
             child.wait()
-            size, name = cell_name.split(":")
-            return [{"size": size, "slice": name, "setup": "preset",
-                     "fits": f"not planned: the compile passed {args.max_host_gib:g} GiB of host RAM"}]
+            return None
         time.sleep(2)
-    out = child.stdout.read()
-    found = [line for line in out.splitlines() if line.startswith("ROWS ")]
+    found = [line for line in child.stdout.read().splitlines() if line.startswith("ROW ")]
     if child.returncode or not found:
-        raise SystemExit(f"planning {cell_name} failed (exit {child.returncode})")
-    return json.loads(found[-1][len("ROWS "):])
+        raise SystemExit(f"planning {size}:{slice_name} {overrides} failed (exit {child.returncode})")
+    return json.loads(found[-1][len("ROW "):])
+
+
+def rows_for_cell(size: str, slice_name: str, args: argparse.Namespace,
+                  follow_ups: int = 3) -> list[dict]:
+    """The preset's row, then while it does not fit, the planner's first suggestion applied on top
+    of the previous setup (so the last row is the whole recipe of changes), at most ``follow_ups``.
+    Every compile runs in a fresh process, so one cell's compiles do not pile up in memory."""
+    rows: list[dict] = []
+    overrides: list = []
+    setup = "preset"
+    for _ in range(follow_ups + 1):
+        row = plan_in_child(size, slice_name, overrides, args)
+        if row is None:
+            rows.append({"size": size, "slice": slice_name, "setup": setup,
+                         "fits": f"not planned: the compile passed {args.max_host_gib:g} GiB of "
+                                 "host RAM"})
+            break
+        fix = row.pop("next", None)
+        rows.append({"size": size, "slice": row.pop("slice"), "setup": setup, **row})
+        if fix is None:
+            break
+        overrides = overrides + fix["overrides"]
+        slice_name = fix["topology"] or slice_name
+        setup = "+ " + fix["flags"]
+    return rows
 
 
 def main() -> None:
@@ -170,11 +188,14 @@ def main() -> None:
                    help="stop a cell whose compile needs more host RAM than this")
     p.add_argument("--resume", action="store_true",
                    help="keep the cells already in the rows file next to --out")
-    p.add_argument("--one", help=argparse.SUPPRESS)  # child mode: plan one cell, print its rows
+    p.add_argument("--one", help=argparse.SUPPRESS)  # child mode: one compile, print its row
+    p.add_argument("--overrides", default="[]", help=argparse.SUPPRESS)  # with --one: JSON pairs
     args = p.parse_args()
     if args.one:
         size, name = args.one.split(":")
-        print("ROWS " + json.dumps(rows_for(size, topo_lib.parse(name), args.per_chip, args.mfu)))
+        row = plan_row(size, topo_lib.parse(name), json.loads(args.overrides), args.per_chip,
+                       args.mfu)
+        print("ROW " + json.dumps(row))
         return
     cells = [c.split(":") for c in args.cells.split(",")]
     bad = [c for c in cells if len(c) != 2 or c[0] not in SIZES]
@@ -188,7 +209,7 @@ def main() -> None:
         if key not in done_cells:
             began = time.perf_counter()
             print(f"[{count}/{len(cells)}] {key} ...", flush=True)
-            done_cells[key] = plan_cell_in_child(key, args)
+            done_cells[key] = rows_for_cell(size, name, args)
             print(f"  {done_cells[key][-1]['fits']}, {time.perf_counter() - began:.0f} s", flush=True)
             write_atomic(rows_file, json.dumps(done_cells, indent=1))
         rows = [r for c in cells if f"{c[0]}:{c[1]}" in done_cells for r in done_cells[f"{c[0]}:{c[1]}"]]
