@@ -35,7 +35,7 @@ from elm_jax.presets import SIZES, openelm_config  # noqa: E402
 # Each size on slices where the question is interesting (small chips for small models, larger
 # slices for the 3B); every cell is one or two compiles of minutes on two CPU cores.
 CELLS = ("270m:v5e-8", "450m:v5p-8", "1_1b:v5p-8", "3b:v5p-32", "1_1b:v5e-16", "3b:v5e-32",
-         "270m:v6e-8", "450m:v5e-8", "3b:v5p-128", "1_1b:v6e-8")
+         "270m:v6e-8", "450m:v5e-8", "3b:v5p-128")
 
 
 def recipe(size: str, topology: topo_lib.Topology, per_chip: int, mesh_shards) -> plan_lib.Config:
