@@ -36,6 +36,7 @@ from elm_jax.parallel.rules import (  # noqa: F401  (re-exported: the mesh's pub
     _axis_size,
     logical_to_spec,
     rules_from_config,
+    splits_evenly,
 )
 
 
@@ -82,8 +83,7 @@ def _head_groups_to_replicate(flat: Sequence[tuple[tuple, Any]], mesh: jax.shard
     bad = set()
     for path, var in flat:
         for name, size in zip(var.get_metadata()["logical_axes"], var.shape):
-            axes = tuple(a for a in (rules.get(name) or ()) if a in mesh.shape)
-            if name in HEAD_AXES and axes and size % _axis_size(mesh, axes):
+            if name in HEAD_AXES and not splits_evenly(name, size, mesh, rules):
                 bad.add(path[:-1])
     return bad
 

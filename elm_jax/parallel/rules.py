@@ -130,14 +130,17 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], me
     return PartitionSpec(*spec)
 
 
+def splits_evenly(name: str, size: int, mesh: Any, rules: Rules) -> bool:
+    """Whether the mesh axes of ``name``'s rule divide ``size`` (True when it has none here)."""
+    axes = tuple(a for a in (rules.get(name) or ()) if a in mesh.shape)
+    return not axes or size % _axis_size(mesh, axes) == 0
+
+
 def heads_divide(q_heads: int, kv_heads: int, mesh: Any, rules: Rules | None = None) -> bool:
     """Whether one attention block's heads shard over their axes (else all of them replicate)."""
     rules = active_rules() if rules is None else rules
-    for name, size in (("heads", q_heads), ("kv_heads", kv_heads)):
-        axes = tuple(a for a in (rules.get(name) or ()) if a in mesh.shape)
-        if axes and size % _axis_size(mesh, axes):
-            return False
-    return True
+    return (splits_evenly("heads", q_heads, mesh, rules)
+            and splits_evenly("kv_heads", kv_heads, mesh, rules))
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None], *,
