@@ -35,6 +35,7 @@ def openelm_config(size: str) -> ml_collections.ConfigDict:
     config.data.tokenizer = "tokenizer.model"  # the LLaMA-2 SentencePiece model
     config.data.pad_id = 32000
     config.train.peak_lr = lr
+    config.train.microbatches = "auto"  # 16 sequences per device per microbatch, as in the paper
     config.train.run_dir = f"runs/openelm_{size}"
     if fsdp:
         config.mesh.data = 1

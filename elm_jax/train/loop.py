@@ -24,7 +24,14 @@ from elm_jax.model import flops_per_token
 from elm_jax.parallel import mesh as mesh_lib
 from elm_jax.train import checkpoint as ckpt_lib
 from elm_jax.train.metrics import MetricsWriter, Throughput, summarize, unigram_entropy
-from elm_jax.train.step import BATCH_FIELDS, TrainState, graphdef, make_eval_step, make_train_step
+from elm_jax.train.step import (
+    BATCH_FIELDS,
+    TrainState,
+    graphdef,
+    make_eval_step,
+    make_train_step,
+    microbatch_note,
+)
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +196,7 @@ def train(config: Config, *, make_iterator: IteratorFactory | None = None, token
     say(f"{config.name}: mesh {dict(mesh.shape)} on {len(mesh.devices.flat)} "
         f"{jax.devices()[0].device_kind} device(s); run dir {run_dir}; "
         + (f"resumed at step {step}" if step else "starting from scratch"))
+    say(microbatch_note(config, mesh))
     for note in mesh_lib.sharding_report(config.model, mesh, mesh_lib.rules_from_config(config.mesh)):
         say(f"sharding: {note}")
     result = TrainResult(step=step, preempted=False)

@@ -14,6 +14,7 @@ Parameters are a pure nested dict (``nnx.to_pure_dict`` layout, the same as
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -28,7 +29,7 @@ from elm_jax.config import Config
 from elm_jax.model import abstract_model, build
 from elm_jax.parallel import mesh as mesh_lib
 from elm_jax.parallel import rules as rules_lib
-from elm_jax.train.loss import LossSums, loss_sums
+from elm_jax.train.loss import LossSums, chunked_objective, loss_sums
 from elm_jax.train.optimizer import learning_rate_schedule, make_optimizer
 
 # name -> dtype of every field of a batch (the data pipeline's contract); all [batch, seq_len].
@@ -54,11 +55,45 @@ def graphdef(config: Config) -> nnx.GraphDef:
     return nnx.split(abstract_model(config.model))[0]
 
 
-def forward_sums(gdef: nnx.GraphDef, params: Params, batch: Batch) -> LossSums:
-    """Loss sums of one (micro)batch under ``params``."""
+def forward_objective(config: Config, gdef: nnx.GraphDef, params: Params,
+                      batch: Batch) -> tuple[jax.Array, LossSums]:
+    """(sum of cross-entropy + z-loss to differentiate, loss sums) of one (micro)batch.
+
+    With ``train.loss_chunk`` > 0 the logits exist one chunk of the sequence at a time
+    (``chunked_objective``); 0 computes the whole float32 logits, as a reference.
+    """
     model = nnx.merge(gdef, params)
-    logits = model(batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"])
-    return loss_sums(logits, batch["targets"], batch["loss_mask"])
+    hidden = model.hidden_states(batch["inputs"], positions=batch["positions"],
+                                 segment_ids=batch["segment_ids"])
+    z_weight = config.train.z_loss
+    with jax.named_scope("loss"):
+        if config.train.loss_chunk > 0:
+            return chunked_objective(model.final_norm(hidden), model.output_embedding(),
+                                     batch["targets"], batch["loss_mask"], z_loss_weight=z_weight,
+                                     chunk=config.train.loss_chunk)
+        sums = loss_sums(model.logits(hidden), batch["targets"], batch["loss_mask"])
+        return sums.cross_entropy + z_weight * sums.z_loss, sums
+
+
+def _batch_shards(mesh: jax.sharding.Mesh) -> int:
+    return math.prod(mesh.shape[a] for a in mesh_lib.BATCH_AXES)
+
+
+def microbatch_count(config: Config, mesh: jax.sharding.Mesh) -> int:
+    """``train.microbatches`` resolved for ``mesh`` ("auto": from the devices on the batch axes)."""
+    return config.train.microbatch_count(_batch_shards(mesh))
+
+
+def microbatch_note(config: Config, mesh: jax.sharding.Mesh) -> str:
+    """One line on how each step's batch is split (what ``elm-train`` prints at the start)."""
+    count = microbatch_count(config, mesh)
+    rows = config.train.batch_size // (_batch_shards(mesh) * count)
+    note = (f"batch {config.train.batch_size} x {config.data.seq_len}: {count} microbatch(es) of "
+            f"{rows} sequence(s) per device")
+    if config.train.microbatches == "auto":
+        note += (f" (train.microbatches=auto: at most {config.train.max_sequences_per_device} per "
+                 "device)")
+    return note
 
 
 def _tree_where(pred: jax.Array, new: Any, old: Any) -> Any:
@@ -116,19 +151,21 @@ def _split_microbatches(batch: Batch, count: int, mesh: jax.sharding.Mesh) -> di
 
 
 def loss_and_grads(config: Config, gdef: nnx.GraphDef, params: Params, batch: Batch,
-                   mesh: jax.sharding.Mesh) -> tuple[LossSums, Params]:
-    """Loss sums and the gradient of the mean objective, accumulated over ``train.microbatches``."""
-    z_weight = config.train.z_loss
+                   mesh: jax.sharding.Mesh, param_shardings: Params | None = None
+                   ) -> tuple[LossSums, Params]:
+    """Loss sums and the gradient of the mean objective, accumulated over ``train.microbatches``.
 
+    ``param_shardings`` pin each microbatch's gradients and the accumulator to the parameters'
+    layout, so gradients are reduce-scattered as they are made and never held whole.
+    """
     def grad_of_sums(p: Params, mb: Batch) -> tuple[LossSums, Params]:
-        def objective(q: Params) -> tuple[jax.Array, LossSums]:
-            sums = forward_sums(gdef, q, mb)
-            return sums.cross_entropy + z_weight * sums.z_loss, sums
-
-        (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(p)
+        (_, sums), grads = jax.value_and_grad(
+            lambda q: forward_objective(config, gdef, q, mb), has_aux=True)(p)
+        if param_shardings is not None:
+            grads = jax.lax.with_sharding_constraint(grads, param_shardings)
         return sums, grads
 
-    count = config.train.microbatches
+    count = microbatch_count(config, mesh)
     if count == 1:
         sums, grads = grad_of_sums(params, batch)
     else:
@@ -136,9 +173,11 @@ def loss_and_grads(config: Config, gdef: nnx.GraphDef, params: Params, batch: Ba
             sums, grads = grad_of_sums(params, mb)
             return jax.tree.map(jnp.add, carry, (sums, grads)), None
 
-        zeros = (LossSums(*(jnp.zeros((), jnp.float32),) * 3),
-                 jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
-        (sums, grads), _ = jax.lax.scan(accumulate, zeros, _split_microbatches(batch, count, mesh))
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        if param_shardings is not None:
+            zeros = jax.lax.with_sharding_constraint(zeros, param_shardings)
+        init = (LossSums(*(jnp.zeros((), jnp.float32),) * 3), zeros)
+        (sums, grads), _ = jax.lax.scan(accumulate, init, _split_microbatches(batch, count, mesh))
     scale = 1.0 / jnp.maximum(sums.tokens, 1.0)
     return sums, jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grads, params)
 
@@ -199,7 +238,7 @@ def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = T
     ``compiler_options`` are XLA options for this step's compilation (e.g. TPU scheduler flags, or
     ``{"xla_backend_optimization_level": 0}`` for quick CPU compiles in tests).
     """
-    mesh_lib.check_batch_divides(mesh, config.train.batch_size, config.train.microbatches)
+    mesh_lib.check_batch_divides(mesh, config.train.batch_size, microbatch_count(config, mesh))
     rules = mesh_lib.rules_from_config(config.mesh) if rules is None else rules
     tx = make_optimizer(config.train)
     schedule = learning_rate_schedule(config.train)
@@ -216,7 +255,8 @@ def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = T
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         with rules_lib.use_rules(rules):  # the model's activation constraints read them
-            sums, grads = loss_and_grads(config, gdef, state.params, batch, mesh)
+            sums, grads = loss_and_grads(config, gdef, state.params, batch, mesh,
+                                         shardings.params)
         grad_norm = optax.tree.norm(grads)
         loss = sums.objective(config.train.z_loss)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -256,7 +296,7 @@ def make_eval_step(config: Config, mesh: jax.sharding.Mesh, *, batch_size: int |
 
     def sums(params: Params, batch: Batch) -> LossSums:
         with rules_lib.use_rules(rules):
-            return forward_sums(gdef, params, batch)
+            return forward_objective(config, gdef, params, batch)[1]
 
     jitted = jax.jit(sums,
                      in_shardings=(param_sh, batch_sh), out_shardings=mesh_lib.replicated(mesh),
