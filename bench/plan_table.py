@@ -81,8 +81,9 @@ def plan_in_child(config: plan_lib.Config, topology: topo_lib.Topology,
     with tempfile.TemporaryDirectory(prefix="plan_table_") as tmp:
         job, answer = Path(tmp) / "job.pkl", Path(tmp) / "plan.pkl"
         job.write_bytes(pickle.dumps((config, topology, plan_kwargs)))
+        # TMPDIR: XLA's dumps (elm_jax.train.buffers) go under tmp, removed even if the child is killed
         child = subprocess.Popen([sys.executable, __file__, "--one", str(job), "--answer",
-                                  str(answer)], env=os.environ.copy())
+                                  str(answer)], env={**os.environ, "TMPDIR": tmp})
         peak = 0.0
         while child.poll() is None:
             try:

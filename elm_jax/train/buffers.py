@@ -1,11 +1,13 @@
 """Where the memory goes: the buffers live at the peak of a compiled step, from XLA's own dumps.
 
 ``compile_with_buffers(lowered)`` compiles with ``xla_dump_to`` set to a temporary directory and reads
-two of the files XLA writes after buffer assignment: the live-range dump, whose "Live ranges at N
-(peak)" section lists every buffer alive when the schedule needs most memory, and the optimised HLO,
-which gives each of those instructions its shape, layout (memory space) and the JAX ``op_name`` that
-made it. Buffers in an on-chip memory space (TPU VMEM, layouts ``S(1)`` and up) are left out: they
-do not take HBM. What remains is what the chip's HBM holds at the peak, largest first.
+two of the files XLA writes after buffer assignment: the live-range dump (the start and end, in the
+final schedule, of every value) and the optimised HLO, which gives each value's instruction its
+shape, layout (memory space) and the JAX ``op_name`` that made it. Values in an on-chip memory space
+(TPU VMEM, layouts ``S(1)`` and up) are left out: they do not take HBM. A sweep over the schedule
+finds the moment the remaining temporaries (every value but the entry computation's parameters)
+add up to most, and lists what is alive then, largest first. XLA's own "peak" in that dump counts
+all memory spaces together, which on a TPU can put it where HBM is not at its fullest.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ HLO_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "
                    "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16,
                    "f8e4m3fn": 1, "f8e5m2": 1, "s4": 1, "u4": 1}
 
-_PEAK_HEADER = re.compile(r"^\s*Live ranges at \d+ \(peak\):")
-_PEAK_LINE = re.compile(r"^\s+(\S+?)\{([\d,]*)\}: (\d+) bytes")
+_RANGES_HEADER = re.compile(r"^\s*BufferLiveRange:")
+_RANGE_LINE = re.compile(r"^\s+(\S+?)\{([\d,]*)\}:(\d+)-(\d+)$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.+?) ([\w\-]+)\(")
 _OP_NAME = re.compile(r'op_name="((?:[^"\\]|\\.)*)"')
 _ARRAY = re.compile(r"([a-z0-9]+)\[([\d,]*)\](?:\{([^}]*)\})?")
@@ -66,12 +68,16 @@ class PeakBuffers:
         return sum(b.bytes for b in self.arguments)
 
     def grouped(self) -> list[tuple[str, int, int, Buffer]]:
-        """Temporaries of the same description and shape merged: (description, count, total bytes,
-        one example), largest total first."""
+        """Temporaries of the same shape and description, but for the layer, merged: (description,
+        count, total bytes, one example), largest total first. ``layer_*`` stands for several."""
         groups: dict[tuple[str, str], list[Buffer]] = {}
         for b in self.temporaries:
-            groups.setdefault((b.describe(), b.shape), []).append(b)
-        rows = [(what, len(bs), sum(b.bytes for b in bs), bs[0]) for (what, _), bs in groups.items()]
+            groups.setdefault((re.sub(r"layer_\d+", "layer_*", b.describe()), b.shape), []).append(b)
+        rows = []
+        for (what, _), members in groups.items():
+            if len({m.describe() for m in members}) == 1:
+                what = members[0].describe()
+            rows.append((what, len(members), sum(m.bytes for m in members), members[0]))
         return sorted(rows, key=lambda r: -r[2])
 
 
@@ -98,6 +104,8 @@ def describe(op_name: str, opcode: str) -> str:
         what = opcode
     if backward:
         what = f"backward: {what}"
+    elif op_name.startswith("jit("):
+        what = f"forward: {what}"  # alive at a peak in the backward pass: kept for it
     if "checkpoint" in path or "remat" in path:
         what += " (recomputed)"
     return f"{what} [{scope}]" if scope else what
@@ -169,31 +177,46 @@ def _instructions(hlo_lines: Iterable[str]) -> dict[str, tuple[str, str, str]]:
     return table
 
 
-def peak_buffers(live_range_text: str, hlo_text: str) -> PeakBuffers:
-    """The HBM buffers alive at the peak, from XLA's live-range dump and the optimised HLO."""
-    table = _instructions(hlo_text.splitlines())
-    arguments, temporaries = [], []
-    in_peak = False
+def _live_ranges(live_range_text: str) -> Iterator[tuple[str, str, int, int]]:
+    """(instruction, tuple index, first, last schedule position) of every value in the dump."""
+    inside = False
     for line in live_range_text.splitlines():
-        if _PEAK_HEADER.match(line):
-            in_peak = True
+        if _RANGES_HEADER.match(line):
+            inside = True
             continue
-        if not in_peak:
-            continue
-        match = _PEAK_LINE.match(line)
-        if not match:
-            if line.strip():
-                break  # the section ended
-            continue
-        name, index, size = match.group(1), match.group(2), int(match.group(3))
+        if inside:
+            match = _RANGE_LINE.match(line)
+            if not match:
+                break
+            yield match.group(1), match.group(2), int(match.group(3)), int(match.group(4))
+
+
+def peak_buffers(live_range_text: str, hlo_text: str) -> PeakBuffers:
+    """The HBM buffers alive when the temporaries peak, from XLA's live-range dump and the HLO."""
+    table = _instructions(hlo_text.splitlines())
+    values = []
+    for name, index, first, last in _live_ranges(live_range_text):
         shape, opcode, op_name = table.get(name, ("?", "?", ""))
         element = _element(shape, index)
-        if on_chip_memory(element):
-            continue
-        buffer = Buffer(name, size, re.sub(r"\{[^}]*\}$", "", element), opcode, op_name)
-        (arguments if buffer.is_argument else temporaries).append(buffer)
+        size = array_bytes(element)
+        if size and not on_chip_memory(element):
+            buffer = Buffer(name, size, re.sub(r"\{[^}]*\}$", "", element), opcode, op_name)
+            values.append((first, last, buffer))
+    # sweep: +size at the first position, -size after the last; the peak of the temporaries
+    events: dict[int, int] = {}
+    for first, last, buffer in values:
+        if not buffer.is_argument:
+            events[first] = events.get(first, 0) + buffer.bytes
+            events[last + 1] = events.get(last + 1, 0) - buffer.bytes
+    level, best, when = 0, -1, 0
+    for position in sorted(events):
+        level += events[position]
+        if level > best:
+            best, when = level, position
+    alive = [b for first, last, b in values if first <= when <= last]
     key = lambda b: -b.bytes  # noqa: E731
-    return PeakBuffers(tuple(sorted(arguments, key=key)), tuple(sorted(temporaries, key=key)))
+    return PeakBuffers(tuple(sorted((b for b in alive if b.is_argument), key=key)),
+                       tuple(sorted((b for b in alive if not b.is_argument), key=key)))
 
 
 def read_dump(directory: Path) -> PeakBuffers | None:

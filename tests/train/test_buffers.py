@@ -25,7 +25,7 @@ def test_the_one_large_temporary_is_found_with_its_shape_and_origin():
     assert largest.shape.endswith("[8192,8192]") and largest.bytes == array_bytes(largest.shape)
     assert largest.bytes in (8192 * 8192 * 2, 8192 * 8192 * 4)
     assert largest.bytes <= temp < largest.bytes + 2 ** 20
-    assert largest.describe().startswith("matmul result")
+    assert largest.describe().startswith("forward: matmul result")
     assert [a.op_name for a in peak.arguments] == ["x"] and peak.argument_bytes == 8192 * 256 * 4
     assert peak.grouped()[0][1:3] == (1, largest.bytes)
 
