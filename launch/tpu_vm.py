@@ -68,8 +68,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if args.preemptible and args.queued:
         p.error("queued resources take --spot, not --preemptible")
     repo_on_path()
-    from elm_jax.config import ConfigError
-    from elm_jax.parallel.topology import parse
+    from elm_jax.errors import ConfigError
+    from elm_jax.train.topology import parse
 
     try:
         args.topology = parse(args.accelerator_type)

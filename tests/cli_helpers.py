@@ -67,15 +67,15 @@ def tiny_run_config(tmp_path, **train):
 def write_run_dir(config):
     """An elm-train run directory (config.json, tokenizer.model, one orbax checkpoint at step 0)
     holding ``build(config.model, config.train.seed)``, without training."""
+    from elm_jax.checkpoint import Checkpointer
     from elm_jax.parallel.mesh import single_device_mesh
-    from elm_jax.train.checkpoint import Checkpointer
-    from elm_jax.train.loop import prepare_run_dir
+    from elm_jax.rundir import prepare_run_dir
     from elm_jax.train.step import make_train_step
 
     run_dir = prepare_run_dir(config, config.data.tokenizer)
     state = make_train_step(config, single_device_mesh()).init()
     checkpointer = Checkpointer(run_dir, config)
-    checkpointer.save(0, state)
+    checkpointer.save(0, *state.checkpoint_items())
     checkpointer.wait()
     checkpointer.close()
     return run_dir

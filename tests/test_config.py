@@ -2,7 +2,8 @@
 
 import pytest
 
-from elm_jax.config import ConfigError, default_config, from_config_dict
+from elm_jax.config import default_config, from_config_dict
+from elm_jax.errors import ConfigError
 
 
 def _with(section, field, value):

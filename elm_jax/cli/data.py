@@ -13,6 +13,10 @@ from absl import flags
 
 from elm_jax.cli import common
 from elm_jax.config import Config
+from elm_jax.data import pipeline
+from elm_jax.data import prepare as prep
+from elm_jax.data.tokenizer import load_tokenizer, train_sentencepiece
+from elm_jax.errors import UsageError
 
 CONFIG = common.define_config_flag(common.default_experiment("tiny"))
 ARCHIVE = flags.DEFINE_string("archive", None, "prepare: use this already downloaded "
@@ -29,10 +33,8 @@ COMMANDS = ("prepare", "train-tokenizer", "inspect")
 
 
 def prepare(config: Config, what: list[str]) -> None:
-    from elm_jax.data import prepare as prep
-
     if what != ["shakespeare"]:
-        raise common.UserError(f"`elm-data prepare` knows one corpus, 'shakespeare'; got {what}")
+        raise UsageError(f"`elm-data prepare` knows one corpus, 'shakespeare'; got {what}")
     builder_dir = prep.prepare_shakespeare(config.data.cache_dir, ARCHIVE.value)
     print(f"corpus: {builder_dir}")
     if config.data.tokenizer == "shakespeare":
@@ -41,12 +43,9 @@ def prepare(config: Config, what: list[str]) -> None:
 
 
 def train_tokenizer(config: Config) -> None:
-    from elm_jax.data.pipeline import document_texts
-    from elm_jax.data.tokenizer import train_sentencepiece
-
     if not OUTPUT.value:
-        raise common.UserError("train-tokenizer needs --output path/to/tokenizer.model")
-    texts = document_texts(config, "train", limit=MAX_DOCUMENTS.value)
+        raise UsageError("train-tokenizer needs --output path/to/tokenizer.model")
+    texts = pipeline.document_texts(config, "train", limit=MAX_DOCUMENTS.value)
     path = train_sentencepiece(texts, OUTPUT.value, vocab_size=config.data.tokenizer_vocab_size,
                                model_type=MODEL_TYPE.value)
     print(f"wrote {path} ({config.data.tokenizer_vocab_size} pieces, {MODEL_TYPE.value}); use it with "
@@ -54,11 +53,7 @@ def train_tokenizer(config: Config) -> None:
 
 
 def inspect(config: Config) -> None:
-    from elm_jax.data import pipeline
-    from elm_jax.data.prepare import ensure_prepared
-    from elm_jax.data.tokenizer import load_tokenizer
-
-    ensure_prepared(config)
+    prep.ensure_prepared(config)
     tok = load_tokenizer(config)
     it = pipeline.make_iterator(config, SPLIT.value)
     try:
@@ -76,22 +71,20 @@ def inspect(config: Config) -> None:
 
 def _main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[1] not in COMMANDS:
-        raise common.UserError(f"usage: elm-data {{{'|'.join(COMMANDS)}}} ... (see --help)")
+        raise UsageError(f"usage: elm-data {{{'|'.join(COMMANDS)}}} ... (see --help)")
     config = common.load_config(CONFIG)
     command, rest = argv[1], argv[2:]
     if command == "prepare":
         prepare(config, rest)
     elif rest:
-        raise common.UserError(f"unexpected arguments {rest}")
+        raise UsageError(f"unexpected arguments {rest}")
     elif command == "train-tokenizer":
         train_tokenizer(config)
     else:
         inspect(config)
 
 
-def main() -> None:
-    common.run(_main)
-
+main = common.entry(_main)
 
 if __name__ == "__main__":
     main()

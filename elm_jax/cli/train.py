@@ -6,29 +6,18 @@
 
 from __future__ import annotations
 
-from absl import flags
-from absl import logging as absl_logging
-
 from elm_jax.cli import common
+from elm_jax.parallel import distributed
+from elm_jax.train.loop import train
 
 CONFIG = common.define_config_flag(common.default_experiment("tiny"))
 
 
 def _main(argv: list[str]) -> None:
     del argv
-    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; -v 0 brings it back
-        absl_logging.set_verbosity(absl_logging.WARNING)
     config = common.load_config(CONFIG)
-    from elm_jax.parallel import distributed
-
     distributed.initialize(config.distributed)  # before any array: join a multi-host run, if any
-    from elm_jax.train.checkpoint import CheckpointError
-    from elm_jax.train.loop import TrainingError, train
-
-    try:
-        result = train(config)
-    except (TrainingError, CheckpointError) as err:
-        raise common.UserError(str(err)) from None
+    result = train(config)
     if result.preempted:
         return
     summary = f"done: step {result.step}"
@@ -41,9 +30,7 @@ def _main(argv: list[str]) -> None:
     print(summary)
 
 
-def main() -> None:
-    common.run(_main)
-
+main = common.entry(_main)
 
 if __name__ == "__main__":
     main()

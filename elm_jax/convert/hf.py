@@ -23,9 +23,11 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.flax import save_file
 
-from elm_jax.config import ConfigError, ModelConfig
+from elm_jax.common_types import CONFIG_FILE
+from elm_jax.config import ModelConfig
+from elm_jax.errors import CheckpointError, ConfigError, UsageError
 from elm_jax.model import OpenELM, abstract_model
-from elm_jax.model.scaling import per_layer_multipliers
+from elm_jax.scaling import per_layer_multipliers
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -34,10 +36,6 @@ _REQUIRED_FLAGS = {
     "normalize_qk_projections": True,
     "share_input_output_layers": True,
 }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not match its config or cannot be read; names the tensor."""
 
 
 def config_from_hf(hf: Mapping[str, Any], *, dtype: str = "float32",
@@ -226,7 +224,7 @@ def _read_tensors(path: Path) -> dict[str, np.ndarray]:
     elif (path / SINGLE_FILE).exists():
         files = [SINGLE_FILE]
     else:
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"{path} holds neither {SINGLE_FILE} nor {INDEX_FILE}; point to an OpenELM "
             "checkpoint directory (e.g. a download of apple/OpenELM-270M)")
     tensors: dict[str, np.ndarray] = {}
@@ -236,7 +234,7 @@ def _read_tensors(path: Path) -> dict[str, np.ndarray]:
                 for key in f.keys():
                     tensors[key] = np.asarray(f.get_tensor(key))
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path / name} (listed in {INDEX_FILE}) is missing") from None
+            raise CheckpointError(f"{path / name} (listed in {INDEX_FILE}) is missing") from None
         except Exception as err:  # safetensors raises its own error types for corrupt files
             raise CheckpointError(f"cannot read {path / name}: {err}") from err
     return tensors
@@ -250,9 +248,9 @@ def load_hf(path: str | os.PathLike, *, dtype: str = "float32",
     the compute dtype.
     """
     path = Path(path)
-    config_file = path / "config.json"
+    config_file = path / CONFIG_FILE
     if not config_file.exists():
-        raise FileNotFoundError(f"{config_file} not found; an OpenELM checkpoint directory "
+        raise CheckpointError(f"{config_file} not found; an OpenELM checkpoint directory "
                                 "holds config.json and model.safetensors")
     tensors = _read_tensors(path)
     stored = str(tensors["transformer.norm.weight"].dtype) if tensors else "float32"
@@ -271,13 +269,13 @@ def save_hf(config: ModelConfig, model: OpenELM, path: str | os.PathLike, *,
     """
     path = Path(path)
     if path.exists() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path} exists and is not empty; choose a new directory or "
-                              "pass overwrite=True")
+        raise UsageError(f"{path} exists and is not empty; choose a new output directory "
+                         "(nothing was written)")
     tensors = params_to_hf(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
     try:
-        (tmp / "config.json").write_text(json.dumps(hf_config(config), indent=2))
+        (tmp / CONFIG_FILE).write_text(json.dumps(hf_config(config), indent=2))
         shards: list[dict[str, np.ndarray]] = [{}]
         size = 0
         for name in sorted(tensors):

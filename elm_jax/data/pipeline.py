@@ -16,20 +16,22 @@ Every batch is a dict of NumPy arrays ``inputs``, ``targets`` (int32 [local_batc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from elm_jax.config import ConfigError
-from elm_jax.data.errors import DataError
+import grain
+import jax
+import numpy as np
+from absl import flags
 
-if TYPE_CHECKING:
-    import grain
-
-    from elm_jax.config import Config
-    from elm_jax.data.sources import DocumentSource
-    from elm_jax.data.tokenizer import Tokenizer
+from elm_jax.config import Config
+from elm_jax.data import stages
+from elm_jax.data.sources import BadRecord, DocumentSource, open_source, source_name
+from elm_jax.data.tokenizer import Tokenizer, load_tokenizer
+from elm_jax.errors import ConfigError, DataError
 
 PROBE_DOCUMENTS = 10_000  # documents checked up front for at least one usable piece
 READ_THREADS = 2
@@ -59,11 +61,6 @@ def make_dataset(config: Config, split: str, *, process_index: int | None = None
                  num_workers: int | None = None, tokenizer: Tokenizer | None = None
                  ) -> grain.IterDataset:
     """The grain dataset behind :func:`make_iterator` (for benchmarks and inspection)."""
-    import grain
-
-    from elm_jax.data.stages import CheckedStateIterDataset
-    from elm_jax.data.tokenizer import load_tokenizer
-
     process_index, process_count = _process(process_index, process_count)
     batch = config.train.batch_size
     if batch % process_count:
@@ -92,29 +89,23 @@ def make_dataset(config: Config, split: str, *, process_index: int | None = None
         ds = ds.map(_own_memory)
     meta = {"split": split, "num_workers": workers, "process_index": process_index,
             "process_count": process_count, "fingerprint": fingerprint(config)}
-    return CheckedStateIterDataset(ds, meta)
+    return stages.CheckedStateIterDataset(ds, meta)
 
 
 def _own_memory(batch: dict[str, Any]) -> dict[str, Any]:
     """Copy out of grain's shared-memory blocks, so the consumer may keep a batch for as long as it
     likes and the blocks are released at once."""
-    import numpy as np
-
     return {key: np.array(value) for key, value in batch.items()}
 
 
 def _absl_flags_parsed() -> None:
     """Grain's worker start reads absl flags: outside an absl app, use their defaults."""
-    from absl import flags
-
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
 
 def _process(index: int | None, count: int | None) -> tuple[int, int]:
     if index is None or count is None:
-        import jax
-
         index = jax.process_index() if index is None else index
         count = jax.process_count() if count is None else count
     if not 0 <= index < count:
@@ -123,8 +114,6 @@ def _process(index: int | None, count: int | None) -> tuple[int, int]:
 
 
 def _open_sources(config: Config, split: str) -> list[tuple[str, DocumentSource, float]]:
-    from elm_jax.data.sources import open_source, source_name
-
     opened = []
     for i, spec in enumerate(config.data.sources):
         src = open_source(i, spec, split, config.data.cache_dir)
@@ -144,16 +133,12 @@ def _open_sources(config: Config, split: str) -> list[tuple[str, DocumentSource,
 
 
 def _seed(config: Config, index: int) -> int:
-    import numpy as np
-
     return int(np.random.SeedSequence([config.data.shuffle_seed, index]).generate_state(1)[0])
 
 
 def _documents(config: Config, src: DocumentSource, index: int, process_index: int,
                process_count: int, num_epochs: int | None) -> grain.MapDataset:
     """Shuffled, this process's slice, repeated: random access to ``(index, raw)`` records."""
-    import grain
-
     if len(src) < process_count:
         raise DataError(f"source {src.name!r} has {len(src)} documents, fewer than the "
                         f"{process_count} processes that must share it")
@@ -163,13 +148,9 @@ def _documents(config: Config, src: DocumentSource, index: int, process_index: i
 
 def _pieces(config: Config, docs: grain.MapDataset, src: DocumentSource,
             tokenizer: Tokenizer) -> grain.IterDataset:
-    import grain
-
-    from elm_jax.data.stages import PiecesIterDataset
-
     data = config.data
     read = grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=READ_BUFFER)
-    return PiecesIterDataset(docs.to_iter_dataset(read), source=src, tokenizer=tokenizer,
+    return stages.PiecesIterDataset(docs.to_iter_dataset(read), source=src, tokenizer=tokenizer,
                              words_per_piece=data.words_per_piece, min_chars=data.min_chars,
                              min_tokens=data.min_tokens,
                              max_tokens=data.seq_len + 1 if data.mode == "pad" else None,
@@ -178,10 +159,6 @@ def _pieces(config: Config, docs: grain.MapDataset, src: DocumentSource,
 
 def _rows(config: Config, docs: grain.MapDataset, src: DocumentSource,
           tokenizer: Tokenizer) -> grain.IterDataset:
-    import functools
-
-    from elm_jax.data import stages
-
     data = config.data
     pieces = _pieces(config, docs, src, tokenizer)
     if data.mode == "pad":
@@ -191,8 +168,6 @@ def _rows(config: Config, docs: grain.MapDataset, src: DocumentSource,
 
 def _probe(config: Config, src: DocumentSource, tokenizer: Tokenizer) -> None:
     """Fail now, with counters, when none of the first documents yields a usable piece."""
-    import grain
-
     docs = grain.MapDataset.source(src)[:PROBE_DOCUMENTS]
     it = iter(_pieces(config, docs, src, tokenizer))
     try:
@@ -222,11 +197,9 @@ def fingerprint(config: Config) -> str:
 
 
 def _walk(state: Any) -> Iterator[dict[str, Any]]:
-    from elm_jax.data.stages import STATE_KEY
-
     if isinstance(state, Mapping):
-        if STATE_KEY in state:
-            yield state[STATE_KEY]
+        if stages.STATE_KEY in state:
+            yield state[stages.STATE_KEY]
         for value in state.values():
             yield from _walk(value)
     elif isinstance(state, (list, tuple)):
@@ -235,12 +208,10 @@ def _walk(state: Any) -> Iterator[dict[str, Any]]:
 
 
 def _counters_of(state: Any) -> dict[str, dict[str, int]]:
-    from elm_jax.data.stages import COUNTERS
-
     per_source: dict[str, dict[str, int]] = {}
     for found in _walk(state):
-        totals = per_source.setdefault(found["source"], dict.fromkeys(COUNTERS, 0))
-        for key in COUNTERS:
+        totals = per_source.setdefault(found["source"], dict.fromkeys(stages.COUNTERS, 0))
+        for key in stages.COUNTERS:
             totals[key] += int(found.get(key, 0))
     return per_source
 
@@ -251,18 +222,14 @@ def stats(iterator: grain.DatasetIterator) -> dict[str, dict[str, int]]:
     Summed over worker processes, as of the last batch this process consumed (they may run ahead of
     it by one tokenizer batch). Names: see ``elm_jax.data.stages.COUNTERS``.
     """
-    from elm_jax.data.stages import COUNTERS
-
     per_source = _counters_of(iterator.get_state())
-    total = {key: sum(c[key] for c in per_source.values()) for key in COUNTERS}
+    total = {key: sum(c[key] for c in per_source.values()) for key in stages.COUNTERS}
     return {**per_source, "total": total}
 
 
 def document_texts(config: Config, split: str, *, limit: int | None = None) -> Iterator[str]:
     """The raw texts of every configured source (up to ``limit`` documents each), for tokenizer
     training: no shuffling, pieces or filters; bad records are skipped."""
-    from elm_jax.data.sources import BadRecord
-
     def decode(raw: bytes) -> str:
         return raw.decode("utf-8", errors="replace")
 

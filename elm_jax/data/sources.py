@@ -25,21 +25,13 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from elm_jax.config import ConfigError
-from elm_jax.data import paths
-from elm_jax.data.errors import DataError
+import grain
+import numpy as np
 
-SPLITS = ("train", "validation")
-_COMMON = {"kind", "weight", "name"}
-_KEYS = {
-    "shakespeare": set(),
-    "tfds": {"dataset", "data_dir", "field", "train", "validation"},
-    "array_record": {"train", "validation", "field"},
-    "jsonl": {"train", "validation", "field"},
-    "text": {"train", "validation", "unit"},
-}
-_REQUIRED = {"tfds": ("dataset",), "array_record": ("train",), "jsonl": ("train",), "text": ("train",)}
-TEXT_UNITS = ("line", "file")
+from elm_jax.common_types import DATA_SPLITS
+from elm_jax.config import check_source
+from elm_jax.data import paths, prepare
+from elm_jax.errors import ConfigError, DataError
 
 
 class BadRecord(Exception):
@@ -48,25 +40,6 @@ class BadRecord(Exception):
     def __init__(self, rule: str, detail: str):
         super().__init__(detail)
         self.rule = rule
-
-
-def check_source(index: int, src: Mapping[str, Any]) -> None:
-    """Validate one ``data.sources`` entry's keys (cheap: touches no file)."""
-    kind = src.get("kind")
-    where = f"data.sources[{index}]"
-    if kind not in _KEYS:
-        return  # the kind itself is reported by DataConfig.validate
-    unknown = sorted(set(src) - _COMMON - _KEYS[kind])
-    if unknown:
-        raise ConfigError(f"{where} ({kind}) has unknown key(s) {unknown}; allowed: "
-                          f"{sorted(_COMMON | _KEYS[kind])}")
-    for key in _REQUIRED.get(kind, ()):
-        if not src.get(key):
-            raise ConfigError(f"{where} ({kind}) needs '{key}'")
-    if kind == "text" and src.get("unit", "line") not in TEXT_UNITS:
-        raise ConfigError(f"{where}.unit = {src['unit']!r} is invalid: expected one of {TEXT_UNITS}")
-    if "field" in src and src["field"] is not None and not isinstance(src["field"], str):
-        raise ConfigError(f"{where}.field = {src['field']!r} is invalid: expected a field name")
 
 
 def source_name(index: int, src: Mapping[str, Any]) -> str:
@@ -134,8 +107,6 @@ class LineIndex:
     CHUNK = 1 << 24
 
     def __init__(self, files: Sequence[str]):
-        import numpy as np
-
         self.files = list(files)
         self.starts, self.ends, self.first = [], [], [0]
         for path in self.files:
@@ -205,8 +176,8 @@ class WholeFiles:
 def open_source(index: int, src: Mapping[str, Any], split: str, cache_dir: str | None = None
                 ) -> DocumentSource | None:
     """The documents of ``split`` in source ``index``; None if the source has no such split."""
-    if split not in SPLITS:
-        raise ConfigError(f"split {split!r} is invalid: expected one of {SPLITS}")
+    if split not in DATA_SPLITS:
+        raise ConfigError(f"split {split!r} is invalid: expected one of {DATA_SPLITS}")
     check_source(index, src)
     kind, name = src["kind"], source_name(index, src)
     where = f"data.sources[{index}].{split}"
@@ -219,10 +190,8 @@ def open_source(index: int, src: Mapping[str, Any], split: str, cache_dir: str |
         return None
     files = expand_paths(spec, where)
     if kind == "array_record":
-        from grain.sources import ArrayRecordDataSource
-
         try:
-            records = ArrayRecordDataSource(files)
+            records = grain.sources.ArrayRecordDataSource(files)
         except Exception as err:  # array_record raises bare RuntimeErrors on non-ArrayRecord files
             raise DataError(f"{where}: cannot read {files} as ArrayRecord ({err})") from None
         return DocumentSource(name, records, field=src.get("field"), json_records=bool(src.get("field")))
@@ -238,9 +207,7 @@ def _shakespeare(split: str, cache_dir: str | None):
     import tensorflow_datasets as tfds
 
     data_dir = paths.shakespeare_dir(cache_dir) / "tfds"
-    from elm_jax.data.prepare import BUILDER_NAME, BUILDER_VERSION
-
-    builder_dir = data_dir / BUILDER_NAME / BUILDER_VERSION
+    builder_dir = data_dir / prepare.BUILDER_NAME / prepare.BUILDER_VERSION
     if not (builder_dir / "dataset_info.json").is_file():
         raise DataError(f"the Shakespeare corpus is not prepared under {str(data_dir)!r}; run "
                         "`elm-data prepare shakespeare` (or elm_jax.data.prepare.ensure_prepared)")

@@ -18,9 +18,10 @@ from typing import Any
 import grain
 import numpy as np
 
-from elm_jax.data.errors import DataError
+from elm_jax.common_types import BATCH_FIELDS
 from elm_jax.data.sources import BadRecord, DocumentSource
 from elm_jax.data.tokenizer import Tokenizer
+from elm_jax.errors import DataError
 
 COUNTERS = (
     "documents",        # documents read
@@ -246,6 +247,11 @@ class _PiecesIterator(grain.DatasetIterator):
         self._start = {key: state[key] for key in ("parent", "doc_used", "counters", "dry")}
 
 
+def batch_row(**fields: np.ndarray) -> dict[str, np.ndarray]:
+    """One row in the batch contract: exactly the fields of ``BATCH_FIELDS``, in their dtypes."""
+    return {name: np.asarray(fields[name], dtype) for name, dtype in BATCH_FIELDS.items()}
+
+
 def pad_row(tokens: np.ndarray, seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
     """The paper's layout: ``t`` right-padded to ``seq_len + 1``; inputs ``t[:-1]``, targets ``t[1:]``."""
     n = min(len(tokens), seq_len + 1)
@@ -253,8 +259,8 @@ def pad_row(tokens: np.ndarray, seq_len: int, pad_id: int) -> dict[str, np.ndarr
     row[:n] = tokens[:n]
     idx = np.arange(seq_len, dtype=np.int32)
     real = idx < n
-    return {"inputs": row[:-1], "targets": row[1:], "loss_mask": (idx < n - 1).astype(np.float32),
-            "segment_ids": real.astype(np.int32), "positions": np.where(real, idx, 0).astype(np.int32)}
+    return batch_row(inputs=row[:-1], targets=row[1:], loss_mask=idx < n - 1, segment_ids=real,
+                     positions=np.where(real, idx, 0))
 
 
 class PackIterDataset(grain.IterDataset):
@@ -331,8 +337,8 @@ class _PackIterator(grain.DatasetIterator):
             else:
                 self._offset = off + take
         self._buffered -= filled
-        return {"inputs": inputs, "targets": targets, "loss_mask": (segments > 0).astype(np.float32),
-                "segment_ids": segments, "positions": positions}
+        return batch_row(inputs=inputs, targets=targets, loss_mask=segments > 0,
+                         segment_ids=segments, positions=positions)
 
     def get_state(self) -> dict[str, Any]:
         parent = self._states[0] if self._states else self._parent.get_state()

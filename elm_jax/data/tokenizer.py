@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from elm_jax.data import paths
-from elm_jax.data.errors import DataError
+from elm_jax.errors import DataError
 
 if TYPE_CHECKING:
     from elm_jax.config import Config

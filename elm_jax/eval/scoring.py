@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from elm_jax.errors import UsageError
 from elm_jax.infer.decode import bucket
 from elm_jax.infer.sharding import global_batch
 from elm_jax.model import OpenELM
@@ -41,11 +42,11 @@ def _window(context: Sequence[int], continuation: Sequence[int],
             max_length: int) -> tuple[list[int], list[int], int]:
     """Inputs and targets of one request (left-truncated to ``max_length``), and cont length."""
     if not continuation:
-        raise ValueError("a continuation must hold at least one token")
+        raise UsageError("a continuation must hold at least one token")
     if not context:
-        raise ValueError("a context must hold at least one token (e.g. BOS)")
+        raise UsageError("a context must hold at least one token (e.g. BOS)")
     if len(continuation) > max_length:
-        raise ValueError(f"continuation of {len(continuation)} tokens exceeds the model's "
+        raise UsageError(f"continuation of {len(continuation)} tokens exceeds the model's "
                          f"context of {max_length}")
     whole = [*context, *continuation][-(max_length + 1):]
     return whole[:-1], whole[1:], len(continuation)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from elm_jax.errors import UsageError
 from elm_jax.infer.cache import KVCache, forward_cached, init_cache
 from elm_jax.infer.sampling import Sampling, sample
 from elm_jax.infer.sharding import global_batch
@@ -65,18 +66,18 @@ def as_rows(prompt_ids: Any, prompt_lengths: Sequence[int] | None = None) -> lis
     if prompt_lengths is not None or isinstance(prompt_ids, (np.ndarray, jax.Array)):
         array = np.asarray(prompt_ids)
         if array.ndim != 2:
-            raise ValueError(f"prompt_ids must be [batch, length], got shape {array.shape}")
+            raise UsageError(f"prompt_ids must be [batch, length], got shape {array.shape}")
         lengths = [array.shape[1]] * len(array) if prompt_lengths is None else prompt_lengths
         if len(lengths) != len(array):
-            raise ValueError(f"{len(lengths)} prompt_lengths for {len(array)} prompts")
+            raise UsageError(f"{len(lengths)} prompt_lengths for {len(array)} prompts")
         rows = [row[:n] for row, n in zip(array, lengths)]
     else:
         rows = [np.asarray(row) for row in prompt_ids]
     if not rows:
-        raise ValueError("no prompts given")
+        raise UsageError("no prompts given")
     for i, row in enumerate(rows):
         if row.ndim != 1 or row.size == 0:
-            raise ValueError(f"prompt {i} must be a non-empty list of token ids (e.g. just BOS)")
+            raise UsageError(f"prompt {i} must be a non-empty list of token ids (e.g. just BOS)")
     return [row.astype(np.int32) for row in rows]
 
 
@@ -157,11 +158,11 @@ def _request(model: OpenELM, prompt_ids: Any, max_new_tokens: int, *, temperatur
              cache_dtype: str | None) -> tuple[_Request, DecodeState]:
     """Validate arguments, pack the prompts and run the prefill (shared by generate and stream)."""
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+        raise UsageError(f"max_new_tokens={max_new_tokens} must be >= 1")
     sampling = Sampling(temperature, top_k, top_p)
     if key is None:
         if not sampling.greedy:
-            raise ValueError("sampling with temperature > 0 needs an explicit PRNG key "
+            raise UsageError("sampling with temperature > 0 needs an explicit PRNG key "
                              "(key=jax.random.key(seed))")
         key = jax.random.key(0)
     eos_ids = [] if eos_id is None else [int(e) for e in np.atleast_1d(eos_id)]
@@ -170,7 +171,7 @@ def _request(model: OpenELM, prompt_ids: Any, max_new_tokens: int, *, temperatur
     vocab = model.cfg.vocab_size
     for i, row in enumerate(rows):
         if row.min() < 0 or row.max() >= vocab:
-            raise ValueError(f"prompt {i} holds token ids outside [0, {vocab}): wrong tokenizer?")
+            raise UsageError(f"prompt {i} holds token ids outside [0, {vocab}): wrong tokenizer?")
     prompts = pack_prompts(rows, max_new_tokens, pad_id=pad)
     graphdef, params = nnx.split(model)
     static = dict(graphdef=graphdef, sampling=sampling)

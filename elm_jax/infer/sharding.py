@@ -14,7 +14,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from elm_jax.parallel import mesh as mesh_lib
-from elm_jax.parallel.rules import constrain
+from elm_jax.parallel.rules import constrain, logical_to_spec
 
 KV_AXES = ("activation_batch", None, "activation_kv_heads", None)
 
@@ -31,7 +31,7 @@ def global_batch(array: np.ndarray) -> jax.Array:
     mesh = jax.sharding.get_mesh()
     if mesh.empty:
         return jnp.asarray(array)
-    spec = mesh_lib.logical_to_spec(("batch",) + (None,) * (array.ndim - 1), array.shape, mesh)
+    spec = logical_to_spec(("batch",) + (None,) * (array.ndim - 1), array.shape, mesh)
     return jax.device_put(array, NamedSharding(mesh, spec))
 
 

@@ -25,19 +25,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from elm_jax.config import ConfigError, MeshConfig, ModelConfig
+from elm_jax.common_types import AXES, BATCH_AXES, DEFAULT_RULES, HEAD_AXES, Rules
+from elm_jax.config import MeshConfig, ModelConfig
+from elm_jax.errors import ConfigError
 from elm_jax.parallel import multislice
-from elm_jax.parallel.rules import (  # noqa: F401  (re-exported: the mesh's public vocabulary)
-    AXES,
-    BATCH_AXES,
-    DEFAULT_RULES,
-    HEAD_AXES,
-    Rules,
-    _axis_size,
-    logical_to_spec,
-    rules_from_config,
-    splits_evenly,
-)
+from elm_jax.parallel.rules import axis_size, logical_to_spec, splits_evenly
 
 
 def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
@@ -88,11 +80,8 @@ def _head_groups_to_replicate(flat: Sequence[tuple[tuple, Any]], mesh: jax.shard
     return bad
 
 
-def _param_specs_flat(model_cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: Rules):
-    from elm_jax.model import abstract_model
-
-    state = nnx.state(abstract_model(model_cfg), nnx.Param)
-    flat = list(nnx.to_flat_state(state))
+def _param_specs_flat(params: nnx.State, mesh: jax.sharding.Mesh, rules: Rules):
+    flat = list(nnx.to_flat_state(params))
     bad = _head_groups_to_replicate(flat, mesh, rules)
     specs = {}
     for path, var in flat:
@@ -112,23 +101,26 @@ def _unflatten(flat: Mapping[tuple, Any]) -> dict:
     return tree
 
 
-def param_specs(model_cfg: ModelConfig, mesh: jax.sharding.Mesh,
-                rules: Rules = DEFAULT_RULES) -> dict:
-    """PartitionSpecs as a nested dict shaped like the model's pure parameter dict."""
-    return _unflatten(_param_specs_flat(model_cfg, mesh, rules)[0])
+def param_specs(params: nnx.State, mesh: jax.sharding.Mesh, rules: Rules = DEFAULT_RULES) -> dict:
+    """PartitionSpecs as a nested dict shaped like the pure parameter dict of ``params``.
+
+    ``params`` is the model's (abstract) parameter state, whose variables carry ``logical_axes``
+    metadata (``elm_jax.model.abstract_params``); this floor never builds a model itself.
+    """
+    return _unflatten(_param_specs_flat(params, mesh, rules)[0])
 
 
-def param_shardings(model_cfg: ModelConfig, mesh: jax.sharding.Mesh,
+def param_shardings(params: nnx.State, mesh: jax.sharding.Mesh,
                     rules: Rules = DEFAULT_RULES) -> dict:
-    """NamedShardings shaped like the model's pure parameter dict."""
-    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(model_cfg, mesh, rules),
+    """NamedShardings shaped like the pure parameter dict of ``params`` (see ``param_specs``)."""
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(params, mesh, rules),
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
-def sharding_report(model_cfg: ModelConfig, mesh: jax.sharding.Mesh,
+def sharding_report(model_cfg: ModelConfig, params: nnx.State, mesh: jax.sharding.Mesh,
                     rules: Rules = DEFAULT_RULES) -> list[str]:
     """Human-readable notes on layers whose heads stay replicated over the tensor axis."""
-    _, bad = _param_specs_flat(model_cfg, mesh, rules)
+    _, bad = _param_specs_flat(params, mesh, rules)
     shapes = model_cfg.layer_shapes()
     notes = []
     for path in sorted(bad, key=str):
@@ -153,7 +145,7 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 def check_batch_divides(mesh: jax.sharding.Mesh, global_batch: int, microbatches: int = 1) -> None:
     """Every microbatch must split evenly over the batch axes; say how to fix it otherwise."""
-    shards = _axis_size(mesh, BATCH_AXES)
+    shards = axis_size(mesh, BATCH_AXES)
     if global_batch % (shards * microbatches):
         raise ConfigError(
             f"train.batch_size={global_batch} with train.microbatches={microbatches} does not split "

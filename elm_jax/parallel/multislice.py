@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import jax
 from jax.experimental import mesh_utils
 
-from elm_jax.config import ConfigError
+from elm_jax.errors import ConfigError
 
 
 def num_slices(devices: Sequence[jax.Device]) -> int:

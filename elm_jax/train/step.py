@@ -19,21 +19,17 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from elm_jax.config import Config
-from elm_jax.model import abstract_model, build
+from elm_jax.common_types import BATCH_AXES, BATCH_FIELDS, Rules
+from elm_jax.config import Config, rules_from_config
+from elm_jax.model import abstract_model, abstract_params, build
 from elm_jax.parallel import mesh as mesh_lib
 from elm_jax.parallel import rules as rules_lib
 from elm_jax.train.loss import LossSums, loss_sums
 from elm_jax.train.optimizer import learning_rate_schedule, make_optimizer
-
-# name -> dtype of every field of a batch (the data pipeline's contract); all [batch, seq_len].
-BATCH_FIELDS = {"inputs": np.int32, "targets": np.int32, "loss_mask": np.float32,
-                "segment_ids": np.int32, "positions": np.int32}
 
 Params = dict[str, Any]
 Batch = Mapping[str, jax.Array]
@@ -47,6 +43,16 @@ class TrainState(NamedTuple):
     opt_state: optax.OptState
     skipped: jax.Array  # int32: non-finite steps whose update was dropped
     first_nonfinite: jax.Array  # int32: the first step with a NaN / Inf loss or gradient, -1 if none
+
+    def checkpoint_items(self) -> tuple[Params, dict[str, Any]]:
+        """``(params, train)``: what ``elm_jax.checkpoint.Checkpointer`` saves as two items."""
+        return self.params, {"step": self.step, "opt_state": self.opt_state,
+                             "skipped": self.skipped, "first_nonfinite": self.first_nonfinite}
+
+    @classmethod
+    def from_checkpoint_items(cls, params: Params, train: Mapping[str, Any]) -> TrainState:
+        return cls(train["step"], params, train["opt_state"], train["skipped"],
+                   train["first_nonfinite"])
 
 
 def graphdef(config: Config) -> nnx.GraphDef:
@@ -109,7 +115,7 @@ def _split_microbatches(batch: Batch, count: int, mesh: jax.sharding.Mesh) -> di
     """
     def split(x: jax.Array) -> jax.Array:
         x = x.reshape(x.shape[0] // count, count, *x.shape[1:]).swapaxes(0, 1)
-        spec = PartitionSpec(None, mesh_lib.BATCH_AXES, *([None] * (x.ndim - 2)))
+        spec = PartitionSpec(None, BATCH_AXES, *([None] * (x.ndim - 2)))
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
     return {name: split(x) for name, x in batch.items()}
@@ -173,26 +179,27 @@ class TrainStep:
 
 
 def state_shardings(config: Config, mesh: jax.sharding.Mesh,
-                    rules: mesh_lib.Rules | None = None) -> tuple[TrainState, TrainState]:
+                    rules: Rules | None = None) -> tuple[TrainState, TrainState]:
     """(abstract state, its shardings) for ``config`` on ``mesh``, without allocating.
 
     ``rules`` default to the config's (``mesh.rules`` over ``DEFAULT_RULES``)."""
-    rules = mesh_lib.rules_from_config(config.mesh) if rules is None else rules
+    rules = rules_from_config(config.mesh) if rules is None else rules
     tx = make_optimizer(config.train)
-    param_sh = mesh_lib.param_shardings(config.model, mesh, rules)
-    abstract_params = nnx.to_pure_dict(nnx.state(abstract_model(config.model), nnx.Param))
-    abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_params)
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    params_state = abstract_params(config.model)
+    param_sh = mesh_lib.param_shardings(params_state, mesh, rules)
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          nnx.to_pure_dict(params_state))
+    abstract_opt = jax.eval_shape(tx.init, params)
     scalar = jax.ShapeDtypeStruct((), jnp.int32)
-    abstract = TrainState(scalar, abstract_params, abstract_opt, scalar, scalar)
+    abstract = TrainState(scalar, params, abstract_opt, scalar, scalar)
     rep = mesh_lib.replicated(mesh)
-    opt_sh = _opt_state_shardings(abstract_opt, abstract_params, param_sh, mesh)
+    opt_sh = _opt_state_shardings(abstract_opt, params, param_sh, mesh)
     shardings = TrainState(rep, param_sh, opt_sh, rep, rep)
     return abstract, shardings
 
 
 def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = True,
-                    rules: mesh_lib.Rules | None = None,
+                    rules: Rules | None = None,
                     compiler_options: Mapping[str, Any] | None = None) -> TrainStep:
     """The train step of ``config`` for ``mesh`` (jitted, not yet compiled).
 
@@ -200,7 +207,7 @@ def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = T
     ``{"xla_backend_optimization_level": 0}`` for quick CPU compiles in tests).
     """
     mesh_lib.check_batch_divides(mesh, config.train.batch_size, config.train.microbatches)
-    rules = mesh_lib.rules_from_config(config.mesh) if rules is None else rules
+    rules = rules_from_config(config.mesh) if rules is None else rules
     tx = make_optimizer(config.train)
     schedule = learning_rate_schedule(config.train)
     gdef = graphdef(config)
@@ -244,14 +251,14 @@ def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = T
 
 
 def make_eval_step(config: Config, mesh: jax.sharding.Mesh, *, batch_size: int | None = None,
-                   rules: mesh_lib.Rules | None = None,
+                   rules: Rules | None = None,
                    compiler_options: Mapping[str, Any] | None = None
                    ) -> Callable[[Params, Batch], LossSums]:
     """Jitted ``fn(params, batch) -> LossSums`` for held-out loss and perplexity."""
     mesh_lib.check_batch_divides(mesh, batch_size or config.train.batch_size)
-    rules = mesh_lib.rules_from_config(config.mesh) if rules is None else rules
+    rules = rules_from_config(config.mesh) if rules is None else rules
     gdef = graphdef(config)
-    param_sh = mesh_lib.param_shardings(config.model, mesh, rules)
+    param_sh = mesh_lib.param_shardings(abstract_params(config.model), mesh, rules)
     batch_sh = {name: mesh_lib.batch_sharding(mesh) for name in BATCH_FIELDS}
 
     def sums(params: Params, batch: Batch) -> LossSums:

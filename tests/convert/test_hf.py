@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from elm_jax.convert.hf import CheckpointError, load_hf, save_hf
+from elm_jax.convert.hf import load_hf, save_hf
+from elm_jax.errors import CheckpointError, UsageError
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -60,7 +61,7 @@ def test_missing_tensor_is_named(tiny_model_config, random_hf_checkpoint):
 
 
 def test_missing_and_corrupt_files_are_clear(tiny_model_config, random_hf_checkpoint, tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(CheckpointError, match="config.json"):
         load_hf(tmp_path)
     src, _, _ = random_hf_checkpoint(tiny_model_config)
     (src / "model.safetensors").write_bytes(b"not a safetensors file")
@@ -71,6 +72,6 @@ def test_missing_and_corrupt_files_are_clear(tiny_model_config, random_hf_checkp
 def test_export_never_overwrites(tiny_model_config, random_hf_checkpoint):
     src, _, tensors = random_hf_checkpoint(tiny_model_config)
     cfg, model = load_hf(src)
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(UsageError, match="not empty"):
         save_hf(cfg, model, src)
     assert load_file(str(src / "model.safetensors")).keys() == tensors.keys()

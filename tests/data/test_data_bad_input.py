@@ -7,11 +7,10 @@ import grain
 import numpy as np
 import pytest
 
-from elm_jax.config import ConfigError
 from elm_jax.data import pipeline, stages
-from elm_jax.data.errors import DataError
 from elm_jax.data.sources import open_source
 from elm_jax.data.tokenizer import load_tokenizer
+from elm_jax.errors import ConfigError, DataError
 
 
 def make(config, split="train", **kw):

@@ -8,7 +8,7 @@ import pytest
 from etils import epath
 
 from elm_jax.data import pipeline
-from elm_jax.data.errors import DataError
+from elm_jax.errors import DataError
 
 
 def with_workers(config, n):

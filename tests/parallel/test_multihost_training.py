@@ -21,8 +21,9 @@ def _two_processes(cache_dir, *args):
 def _reference_params(config):
     """One process, 4 devices: the global batch of each step is process 0's rows then process 1's,
     exactly what the two-process run assembles with make_array_from_process_local_data."""
+    from elm_jax.common_types import BATCH_FIELDS
     from elm_jax.data.pipeline import make_iterator
-    from elm_jax.train.step import BATCH_FIELDS, make_train_step
+    from elm_jax.train.step import make_train_step
 
     mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:4])
     step = make_train_step(config, mesh)
@@ -37,8 +38,8 @@ def _reference_params(config):
 
 
 def test_two_processes_match_one_process_through_a_checkpoint_restart(tmp_path):
+    from elm_jax.checkpoint import load_model
     from elm_jax.data.prepare import ensure_prepared
-    from elm_jax.train.checkpoint import load_model
 
     run_dir = str(tmp_path / "run")
     ensure_prepared(small_config(run_dir, 4), log=lambda *a: None)  # once, before the workers

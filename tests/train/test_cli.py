@@ -68,8 +68,13 @@ def test_elm_train_runs_reports_and_resumes(experiment):
     assert (run_dir / "tokenizer.model").read_bytes() == Path(tokenizer).read_bytes()
     assert json.loads((run_dir / "config.json").read_text())["train"]["steps"] == 6
     assert (run_dir / "hf-step6" / "model.safetensors").exists()
-    assert [json.loads(r)["step"] for r in (run_dir / "metrics.jsonl").read_text().splitlines()] == \
-        [2, 3, 4, 6]
+    logged = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [2, 3, 4, 6]
+    # stdout is no terminal here: one plain progress line per logged step, the loss as recorded
+    plain = [line for line in out.stdout.splitlines() if line.startswith("step ") and "/6: " in line]
+    assert [line.split("/")[0] for line in plain] == ["step 2", "step 3", "step 4", "step 6"]
+    assert f"loss {logged[0]['loss']:.4g}" in plain[0] and "tokens/s, ETA 0:" in plain[0]
+    assert "INFO" not in out.stderr  # quiet by default: no orbax / absl INFO lines
     more = elm_train("--config", str(config), "--config.train.steps=8")
     assert more.returncode == 0, more.stderr[-3000:]
     assert "resumed at step 6" in more.stdout and "done: step 8" in more.stdout

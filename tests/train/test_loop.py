@@ -17,11 +17,12 @@ import pytest
 from flax import nnx
 from synthetic import FAST_COMPILE, make_iterator, replace_train, tiny_config
 
+from elm_jax.checkpoint import load_model
 from elm_jax.config import from_config_dict
 from elm_jax.convert.hf import load_hf
+from elm_jax.errors import TrainingError
 from elm_jax.parallel.mesh import single_device_mesh
-from elm_jax.train.checkpoint import load_model
-from elm_jax.train.loop import TrainingError, train
+from elm_jax.train.loop import train
 from elm_jax.train.step import graphdef
 
 

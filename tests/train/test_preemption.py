@@ -13,7 +13,8 @@ import jax
 import numpy as np
 from synthetic import tiny_config
 
-from elm_jax.train.checkpoint import Checkpointer
+from elm_jax.checkpoint import Checkpointer
+from elm_jax.train.loop import restore_state
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -56,7 +57,7 @@ def losses(run_dir):
 def restore(run_dir, steps):
     config = tiny_config(run_dir, steps=steps)
     ckpt = Checkpointer(run_dir, config, read_only=True)
-    state = ckpt.restore_latest(_abstract(config))
+    state = restore_state(ckpt, _abstract(config))
     ckpt.close()
     return state
 

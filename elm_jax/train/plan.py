@@ -20,10 +20,14 @@ from typing import Any, Protocol
 
 import jax
 
-from elm_jax.config import Config, ConfigError
+from elm_jax.config import Config
+from elm_jax.errors import ConfigError
+from elm_jax.kernels.attention import resolve_impl
 from elm_jax.model import flops_per_token
-from elm_jax.parallel import topology as topo_lib
-from elm_jax.parallel.topology import GIB, Topology
+from elm_jax.parallel.mesh import make_mesh
+from elm_jax.train import topology as topo_lib
+from elm_jax.train.step import make_train_step
+from elm_jax.train.topology import GIB, Topology
 
 # Leave room for what XLA's analysis does not see (runtime buffers, fragmentation, infeed).
 DEFAULT_HBM_FRACTION = 0.95
@@ -42,14 +46,10 @@ StepBuilder = Callable[[Config, jax.sharding.Mesh], Step]
 
 
 def default_step_builder(config: Config, mesh: jax.sharding.Mesh) -> Step:
-    from elm_jax.train.step import make_train_step
-
     return make_train_step(config, mesh)
 
 
 def default_mesh_builder(config: Config, devices: Sequence[Any]) -> jax.sharding.Mesh:
-    from elm_jax.parallel.mesh import make_mesh
-
     return make_mesh(config.mesh, devices)
 
 
@@ -351,10 +351,8 @@ def largest_batch(config: Config, topology: Topology, *, limit: int = 4096,
 
 def attention_impl(config: Config) -> str:
     """The attention implementation the step compiles to on TPU (``auto`` resolved)."""
-    from elm_jax.kernels.attention import resolve_impl
-
     return resolve_impl(config.model.attention_impl, platform="tpu",
-                        interpret=getattr(config.model, "attention_interpret", False),
+                        interpret=config.model.attention_interpret,
                         dtype=config.model.dtype)
 
 

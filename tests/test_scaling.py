@@ -1,8 +1,8 @@
-"""Layer-wise scaling against the per-layer tables in REFERENCE.md."""
+"""Layer-wise scaling against the per-layer tables in docs/OPENELM.md."""
 
 import pytest
 
-from elm_jax.model.scaling import layer_shapes, make_divisible, per_layer_multipliers
+from elm_jax.scaling import layer_shapes, make_divisible, per_layer_multipliers
 
 
 def _expand(spec):
@@ -12,7 +12,7 @@ def _expand(spec):
     return out
 
 
-REFERENCE = {  # size: (layers, dim, head_dim, q_heads, ffn_dims) from REFERENCE.md section 1
+PUBLISHED = {  # size: (layers, dim, head_dim, q_heads, ffn_dims) from docs/OPENELM.md section 1
     "270m": (16, 1280, 64, _expand([(12, 5), (16, 7), (20, 4)]),
              [768, 1024, 1280, 1536, 1792, 2048, 2560, 2816, 3072, 3328, 3584, 3840, 4352, 4608,
               4864, 5120]),
@@ -29,9 +29,9 @@ REFERENCE = {  # size: (layers, dim, head_dim, q_heads, ffn_dims) from REFERENCE
 }
 
 
-@pytest.mark.parametrize("size", sorted(REFERENCE))
+@pytest.mark.parametrize("size", sorted(PUBLISHED))
 def test_per_layer_tables_match_reference(size):
-    layers, dim, head_dim, q_heads, ffn = REFERENCE[size]
+    layers, dim, head_dim, q_heads, ffn = PUBLISHED[size]
     shapes = layer_shapes(num_layers=layers, model_dim=dim, head_dim=head_dim, num_gqa_groups=4,
                           qkv_multipliers=(0.5, 1.0), ffn_multipliers=(0.5, 4.0))
     assert [s.q_heads for s in shapes] == q_heads

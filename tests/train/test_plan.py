@@ -13,9 +13,9 @@ import pytest
 
 from elm_jax.config import from_config_dict
 from elm_jax.model import flops_per_token, param_count
-from elm_jax.parallel import plan as plan_lib
-from elm_jax.parallel import topology
-from elm_jax.parallel.topology import GIB
+from elm_jax.train import plan as plan_lib
+from elm_jax.train import topology
+from elm_jax.train.topology import GIB
 
 REPO = Path(__file__).resolve().parents[2]
 REPO_EXPERIMENTS = REPO / "experiments"

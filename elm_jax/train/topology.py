@@ -13,7 +13,8 @@ import math
 import os
 import re
 
-from elm_jax.config import ConfigError
+from elm_jax.common_types import peak_flops_of
+from elm_jax.errors import ConfigError
 
 GIB = 1024 ** 3
 
@@ -32,9 +33,9 @@ class Chip:
 
 
 CHIPS = {
-    "v5e": Chip("v5e", "v5e", 16 * GIB, 197e12, 1, 2, 8),
-    "v5p": Chip("v5p", "v5p", 96 * GIB, 459e12, 2, 3, 4),
-    "v6e": Chip("v6e", "v6e", 32 * GIB, 918e12, 1, 2, 8),
+    "v5e": Chip("v5e", "v5e", 16 * GIB, peak_flops_of("TPU v5e"), 1, 2, 8),
+    "v5p": Chip("v5p", "v5p", 96 * GIB, peak_flops_of("TPU v5p"), 2, 3, 4),
+    "v6e": Chip("v6e", "v6e", 32 * GIB, peak_flops_of("TPU v6e"), 1, 2, 8),
 }
 ALIASES = {"v5litepod": "v5e", "v6litepod": "v6e"}
 CHIPS_PER_HOST = 4  # every multi-host slice of these generations: 2x2 chips per host

@@ -2,8 +2,8 @@
 
 import pytest
 
-from elm_jax.config import ConfigError
-from elm_jax.parallel import topology
+from elm_jax.errors import ConfigError
+from elm_jax.train import topology
 
 
 @pytest.mark.parametrize("name,chips,shape,hosts", [

@@ -1,10 +1,9 @@
-"""Orbax checkpoints of a run: params, optimizer state, step, the data iterator state and the config.
+"""Orbax checkpoints of a run: params, the training state, the data iterator state and the config.
 
-Layout of a run directory::
-
-    run_dir/config.json          the experiment (``to_config_dict``), what ``load_model`` reads
-    run_dir/tokenizer.model      the SentencePiece model the run was trained with
-    run_dir/checkpoints/<step>/  params/ train/ data/ config/  (orbax CompositeCheckpointHandler)
+Each ``run_dir/checkpoints/<step>/`` holds ``params/ train/ data/ config/`` (orbax
+``CompositeCheckpointHandler``); the run directory's layout is ``elm_jax.rundir``'s. ``train`` is
+whatever the trainer keeps besides the parameters (step counter, optimizer state), so readers that
+only need the weights (``load_model``) never import the training code.
 
 Saves are asynchronous and atomic (orbax writes ``*.orbax-checkpoint-tmp*`` and renames), so a
 process killed mid-save leaves no step directory and the previous checkpoint stays the latest. A
@@ -17,30 +16,29 @@ the same number of processes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
-import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import grain
 import jax
+import orbax.checkpoint as ocp
+from flax import nnx
 
-from elm_jax.config import Config, ConfigError, from_config_dict, to_config_dict
-from elm_jax.train.step import TrainState
+from elm_jax.common_types import CHECKPOINTS_DIR, CORRUPT_DIR
+from elm_jax.config import Config, rules_from_config
+from elm_jax.errors import CheckpointError
+from elm_jax.model import OpenELM, abstract_model, abstract_params
+from elm_jax.parallel import mesh as mesh_lib
+from elm_jax.rundir import config_json, read_run_config
 
 log = logging.getLogger(__name__)
-
-CHECKPOINTS = "checkpoints"
-CORRUPT = "corrupt_checkpoints"
-CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.model"
-
-
-class CheckpointError(RuntimeError):
-    """No usable checkpoint, or one that does not fit this run; the message says what to do."""
 
 
 class FrozenIteratorState:
@@ -56,35 +54,6 @@ class FrozenIteratorState:
         return self._state
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def config_json(config: Config) -> str:
-    return to_config_dict(config).to_json(indent=2, sort_keys=True)
-
-
-def read_run_config(run_dir: str | os.PathLike) -> Config:
-    """The ``Config`` a run directory was trained with."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found; is {run_dir} a training run directory "
-                                "(written by elm-train)?")
-    try:
-        return from_config_dict(json.loads(path.read_text()))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path} is not valid JSON ({err}); restore it from a checkpoint's "
-                          "config/ item") from None
-
-
-def _train_item(state: TrainState) -> dict[str, Any]:
-    return {"step": state.step, "opt_state": state.opt_state, "skipped": state.skipped,
-            "first_nonfinite": state.first_nonfinite}
-
-
 def _process_files(step_dir: Path) -> list[str]:
     return sorted(p.name for p in (step_dir / "data").glob("process_*-of-*.json"))
 
@@ -93,32 +62,30 @@ class Checkpointer:
     """An orbax ``CheckpointManager`` over ``run_dir/checkpoints`` with this project's items."""
 
     def __init__(self, run_dir: str | os.PathLike, config: Config, *, read_only: bool = False):
-        import orbax.checkpoint as ocp
-
-        self._ocp = ocp
         self.run_dir = Path(run_dir)
-        self.directory = self.run_dir / CHECKPOINTS
+        self.directory = self.run_dir / CHECKPOINTS_DIR
         self.config = config
         train = config.train
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=train.keep_checkpoints, keep_period=train.keep_every or None,
-            create=not read_only, read_only=read_only, enable_async_checkpointing=True,
-            cleanup_tmp_directories=not read_only)
+        if read_only:  # a reader: never creates, cleans or deletes anything (and orbax's own
+            # read_only mode would warn about every option it overrides)
+            options = ocp.CheckpointManagerOptions(create=False, cleanup_tmp_directories=False)
+        else:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=train.keep_checkpoints, keep_period=train.keep_every or None,
+                create=True, enable_async_checkpointing=True, cleanup_tmp_directories=True)
         if read_only and not self.directory.exists():
-            raise FileNotFoundError(f"{self.directory} not found; {run_dir} holds no checkpoints")
+            raise CheckpointError(f"{self.directory} not found; {run_dir} holds no checkpoints")
         self.manager = ocp.CheckpointManager(self.directory.absolute(), options=options)
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def save(self, step: int, state: TrainState, data_iterator: Any | None = None) -> None:
-        """Start an async save of ``state`` (at ``step``, its step counter); returns once the arrays
-        are copied off the devices, while files are written in the background."""
-        import grain
-
-        ocp = self._ocp
-        items = {"params": ocp.args.StandardSave(state.params),
-                 "train": ocp.args.StandardSave(_train_item(state)),
+    def save(self, step: int, params: Any, train: Mapping[str, Any],
+             data_iterator: Any | None = None) -> None:
+        """Start an async save of ``params`` and the trainer's ``train`` items at ``step``; returns
+        once the arrays are copied off the devices, while files are written in the background."""
+        items = {"params": ocp.args.StandardSave(params),
+                 "train": ocp.args.StandardSave(dict(train)),
                  "config": ocp.args.JsonSave(json.loads(config_json(self.config)))}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(FrozenIteratorState(data_iterator))
@@ -141,41 +108,42 @@ class Checkpointer:
                 f"{jax.process_count()}; resume with the same number of processes (the model "
                 "state itself reshards onto any mesh)")
 
-    def _restore_step(self, step: int, abstract: TrainState, data_iterator: Any | None) -> TrainState:
-        import grain
+    def reached_preemption(self, step: int) -> bool:
+        """Whether every process agrees that a preemption notice arrived (multi-host runs)."""
+        return bool(self.manager.reached_preemption(step))
 
-        ocp = self._ocp
-        items = {"params": ocp.args.StandardRestore(abstract.params),
-                 "train": ocp.args.StandardRestore(_train_item(abstract))}
+    def _restore_step(self, step: int, abstract_params: Any, abstract_train: Mapping[str, Any],
+                      data_iterator: Any | None) -> tuple[Any, dict[str, Any]]:
+        items = {"params": ocp.args.StandardRestore(abstract_params),
+                 "train": ocp.args.StandardRestore(dict(abstract_train))}
         has_data = bool(_process_files(self.directory / str(step)))
         if data_iterator is not None and has_data:
             self._check_data_state(step)
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        train = restored["train"]
-        return TrainState(train["step"], restored["params"], train["opt_state"], train["skipped"],
-                          train["first_nonfinite"])
+        return restored["params"], dict(restored["train"])
 
-    def restore_latest(self, abstract: TrainState, data_iterator: Any | None = None
-                       ) -> TrainState | None:
-        """The newest checkpoint that restores, resharded onto ``abstract``'s shardings (None if the
-        run has none). Newer ones that fail while an older one works are moved aside as corrupt."""
-        found = self._restore_newest(lambda step: self._restore_step(step, abstract, data_iterator),
-                                     self.all_steps(), set_aside=True)
+    def restore_latest(self, abstract_params: Any, abstract_train: Mapping[str, Any],
+                       data_iterator: Any | None = None) -> tuple[Any, dict[str, Any]] | None:
+        """``(params, train)`` of the newest checkpoint that restores, resharded onto the abstract
+        targets' shardings (None if the run has none); ``data_iterator`` is restored in place.
+        Newer steps that fail while an older one works are moved aside as corrupt."""
+        found = self._restore_newest(
+            lambda step: self._restore_step(step, abstract_params, abstract_train, data_iterator),
+            self.all_steps(), set_aside=True)
         return None if found is None else found[0]
 
     def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
         """Parameters only (for inference / export) of the newest restorable checkpoint or ``step``."""
-        ocp = self._ocp
         steps = self.all_steps()
         if step is not None and step not in steps:
-            raise FileNotFoundError(f"{self.directory} has no checkpoint at step {step}; it has "
-                                    f"{steps or 'none'}")
+            raise CheckpointError(f"{self.directory} has no checkpoint at step {step}; it has "
+                                  f"{steps or 'none'}")
         restore = lambda s: self.manager.restore(  # noqa: E731
             s, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))["params"]
         found = self._restore_newest(restore, [step] if step is not None else steps, set_aside=False)
         if found is None:
-            raise FileNotFoundError(f"{self.directory} holds no checkpoint yet")
+            raise CheckpointError(f"{self.directory} holds no checkpoint yet")
         return found
 
     def _restore_newest(self, restore, steps: list[int], *, set_aside: bool):
@@ -203,7 +171,7 @@ class Checkpointer:
         return None
 
     def _set_aside(self, step: int, err: Exception) -> None:
-        target = self.run_dir / CORRUPT / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        target = self.run_dir / CORRUPT_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
         target.parent.mkdir(parents=True, exist_ok=True)
         if jax.process_index() == 0:
             shutil.move(str(self.directory / str(step)), str(target))
@@ -213,62 +181,25 @@ class Checkpointer:
 
 
 def load_model(run_dir: str | os.PathLike, *, step: int | None = None,
-               mesh: jax.sharding.Mesh | None = None, dtype: str | None = None):
+               mesh: jax.sharding.Mesh | None = None, dtype: str | None = None
+               ) -> tuple[Config, OpenELM]:
     """``(Config, OpenELM)`` from a run directory's newest checkpoint (or ``step``).
 
     Parameters are placed per the mesh's sharding rules (default: one device); ``dtype`` overrides
     the compute dtype (e.g. ``"bfloat16"`` for serving).
     """
-    import dataclasses
-
-    from flax import nnx
-
-    from elm_jax.model import abstract_model
-    from elm_jax.parallel import mesh as mesh_lib
-
     config = read_run_config(run_dir)
     if dtype is not None:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype=dtype))
     mesh = mesh or mesh_lib.single_device_mesh()
-    graphdef, abstract_state = nnx.split(abstract_model(config.model))
-    shardings = mesh_lib.param_shardings(config.model, mesh, mesh_lib.rules_from_config(config.mesh))
+    graphdef = nnx.split(abstract_model(config.model))[0]
+    params_state = abstract_params(config.model)
+    shardings = mesh_lib.param_shardings(params_state, mesh, rules_from_config(config.mesh))
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            nnx.to_pure_dict(abstract_state), shardings)
+                            nnx.to_pure_dict(params_state), shardings)
     ckpt = Checkpointer(run_dir, config, read_only=True)
     try:
         params, _ = ckpt.restore_params(abstract, step)
     finally:
         ckpt.close()
     return config, nnx.merge(graphdef, params)
-
-
-class PreemptionGuard:
-    """SIGTERM (preemption on TPU VMs, SLURM) -> finish the step, save, wait, exit 0.
-
-    On one host our own handler sets a flag; with several processes orbax's ``reached_preemption``
-    (jax's preemption sync, after ``jax.distributed.initialize``) makes every process stop at the
-    same step.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> PreemptionGuard:
-        if jax.process_count() == 1:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-    def _handle(self, signum, frame) -> None:
-        del signum, frame
-        self.requested = True
-
-    def reached(self, step: int, checkpointer: Checkpointer) -> bool:
-        if jax.process_count() > 1:
-            return bool(checkpointer.manager.reached_preemption(step))
-        return self.requested
-
