@@ -2,12 +2,14 @@
 
 ``--checkpoint`` (an elm-train run directory or an HF OpenELM directory), ``--tokenizer``,
 ``--dtype`` and ``--tensor_parallel``; ``open_model()`` reads them and returns the model placed on
-an inference mesh, with its tokenizer.
+an inference mesh, with its tokenizer. For a run directory it prints one line on stderr naming the
+step it loaded and any newer step it skipped and why (stdout stays the command's answer).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import jax
 from absl import flags
@@ -41,4 +43,7 @@ class Opened:
 def open_model() -> Opened:
     """The ``--checkpoint`` model on an inference mesh of ``--tensor_parallel`` tensor devices."""
     mesh = inference_mesh(TENSOR.value)
-    return Opened(load_checkpoint(CHECKPOINT.value, dtype=DTYPE.value, mesh=mesh), mesh)
+    loaded = load_checkpoint(CHECKPOINT.value, dtype=DTYPE.value, mesh=mesh)
+    if loaded.report:
+        print(loaded.report, file=sys.stderr, flush=True)
+    return Opened(loaded, mesh)

@@ -23,6 +23,9 @@ from elm_jax.data.tokenizer import load_tokenizer
 from elm_jax.errors import TrainingError
 from elm_jax.model import abstract_params, flops_per_token
 from elm_jax.parallel import mesh as mesh_lib
+from elm_jax.parallel.consensus import decided_by_process_0
+from elm_jax.runlock import RunLock
+from elm_jax.storage import as_path
 from elm_jax.train.evaluate import Evaluator, IteratorFactory, process_kwargs, training_unigram_entropy
 from elm_jax.train.metrics import MetricsWriter, Throughput, summarize
 from elm_jax.train.preemption import PreemptionGuard
@@ -60,10 +63,20 @@ def due(step: int, every: int, total: int) -> bool:
     return step % every == 0 or step == total
 
 
-def train(config: Config, *, make_iterator: IteratorFactory | None = None, tokenizer: Any = None,
-          mesh: jax.sharding.Mesh | None = None, export: bool = True,
-          entropy_tokens: int = ENTROPY_TOKENS, show_progress: bool | None = None,
-          compiler_options: dict[str, Any] | None = None) -> TrainResult:
+def train(config: Config, **kwargs: Any) -> TrainResult:
+    """``_train`` holding the run directory's lock (process 0 holds it for all processes)."""
+    lock = RunLock(as_path(config.train.run_dir))
+    decided_by_process_0(lock.acquire, TrainingError)
+    try:
+        return _train(config, **kwargs)
+    finally:
+        lock.release()
+
+
+def _train(config: Config, *, make_iterator: IteratorFactory | None = None, tokenizer: Any = None,
+           mesh: jax.sharding.Mesh | None = None, export: bool = True,
+           entropy_tokens: int = ENTROPY_TOKENS, show_progress: bool | None = None,
+           compiler_options: dict[str, Any] | None = None) -> TrainResult:
     """Train ``config`` in ``config.train.run_dir``, resuming from its newest checkpoint.
 
     ``make_iterator(config, split, process_index=, process_count=)`` defaults to the data pipeline
@@ -75,7 +88,10 @@ def train(config: Config, *, make_iterator: IteratorFactory | None = None, token
         ensure_prepared(config)
         make_iterator, tokenizer = pipeline_iterator, load_tokenizer(config)
     tcfg = config.train
-    run_dir = rundir.prepare_run_dir(config, getattr(tokenizer, "model_path", None))
+    tokenizer_path = getattr(tokenizer, "model_path", None)
+    decided_by_process_0(lambda: rundir.check_run_dir(config, tokenizer_path), TrainingError)
+    run_dir = as_path(tcfg.run_dir)
+    rundir.clean_stale_exports(run_dir)
     mesh = mesh or mesh_lib.make_mesh(config.mesh)
     train_step = make_train_step(config, mesh, compiler_options=compiler_options)
     evaluator = Evaluator(config, mesh, make_iterator, compiler_options)
@@ -116,6 +132,7 @@ def train(config: Config, *, make_iterator: IteratorFactory | None = None, token
                 writer.advance()
                 if step == result.step + 1:  # the first step of this process compiled the step
                     jax.block_until_ready(metrics)
+                    rundir.record_identity(config, tokenizer_path)  # the run has started
                     say(f"step {step}: compiled and ran the first step in "
                         f"{throughput.measure()['step_time']:.1f} s")
                 preempted = guard.reached(step, checkpointer)
