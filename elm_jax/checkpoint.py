@@ -45,7 +45,7 @@ from elm_jax.digest import mismatches, tree_digests
 from elm_jax.errors import CheckpointError
 from elm_jax.model import OpenELM, abstract_model, abstract_params
 from elm_jax.parallel import mesh as mesh_lib
-from elm_jax.parallel.consensus import all_agree, barrier
+from elm_jax.parallel.consensus import barrier, first_failure
 from elm_jax.rundir import config_json, read_run_config
 from elm_jax.storage import as_path, is_uri, write_atomic
 
@@ -119,8 +119,9 @@ def _agreed(attempt: Callable[[], T]) -> T:
         raise
     except Exception as err:  # orbax / tensorstore raise many types for damaged files
         reason = str(err) if isinstance(err, DamagedStep) else _short(err)
-    if not all_agree(reason is None):
-        raise DamagedStep(reason or "damaged as read by another process")
+    reason = first_failure(reason)
+    if reason is not None:
+        raise DamagedStep(reason)
     return value
 
 

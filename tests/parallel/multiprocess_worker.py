@@ -5,7 +5,8 @@ explicit ``ELM_*`` or a faked SLURM step) and prints ``RESULT <json>``.
 
 - ``allgather``: one global array from each process's rows; what a reduction and a gather see.
 - ``train RUN_DIR STEPS``: the training loop on the data pipeline (``small_config``), resuming
-  from RUN_DIR's newest checkpoint and saving at the end.
+  from RUN_DIR's newest checkpoint and saving at the end. ``ELM_TEST_SLOW_MOVE=SECONDS`` makes
+  process 0's move of a damaged step that slow (slow shared storage).
 """
 
 import dataclasses
@@ -56,10 +57,18 @@ def allgather() -> dict:
 
 
 def train(run_dir: str, steps: str) -> dict:
+    import os
+    import time
+
+    from elm_jax import checkpoint
     from elm_jax.train.loop import train as run_training
 
     config = small_config(run_dir, int(steps))
     launch = distributed.initialize(config.distributed)
+    delay = float(os.environ.get("ELM_TEST_SLOW_MOVE", 0))
+    if delay and jax.process_index() == 0:
+        move = checkpoint._move_dir
+        checkpoint._move_dir = lambda source, target: (time.sleep(delay), move(source, target))
     checkpoints = Path(run_dir) / "checkpoints"
     before = sorted(int(p.name) for p in checkpoints.glob("[0-9]*")) if checkpoints.exists() else []
     result = run_training(config, export=False, entropy_tokens=0, show_progress=False)
