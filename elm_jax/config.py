@@ -20,7 +20,7 @@ ATTENTION_IMPLS = ("auto", "xla", "pallas", "pallas_tpu", "pallas_gpu", "cudnn")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention_out")
 SEQUENCE_MODES = ("pad", "pack")
-SOURCE_KINDS = ("shakespeare", "tfds", "array_record", "jsonl", "text")
+SOURCE_KINDS = ("shakespeare", "tfds", "array_record", "parquet", "jsonl", "text")
 NONFINITE_POLICIES = ("stop", "skip")
 DISTRIBUTED_MODES = ("auto", "single", "explicit", "slurm", "tpu")
 
@@ -147,6 +147,8 @@ class DataConfig:
     num_workers: int = 0
     tokenizer_threads: int = 1
     cache_dir: str | None = None  # None: $ELM_JAX_CACHE or $XDG_CACHE_HOME/elm_jax
+    data_root: str = ""  # relative source paths are taken from here ("": the working directory)
+    nfc_normalize: bool = False  # Unicode NFC before the character filter and tokenization (CoreNet)
 
     def validate(self) -> None:
         if not self.sources:
