@@ -26,6 +26,7 @@ from elm_jax.data.errors import DataError
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 CHUNK_BYTES = 1 << 20  # compressed bytes read per step
+HEAD_BYTES = 1 << 12  # bytes read to tell a file's format
 STAT_THREADS = 32  # parallel existence checks for remote file-id ranges
 FILE_ID = "{file_id"
 
@@ -107,7 +108,7 @@ def expand_paths(spec: str | Sequence[str], where: str, *, root: str = "",
         pattern = resolve(str(pattern), root)
         if FILE_ID in pattern:
             names = _numbered(pattern, file_ids, where)
-            exists = _map(is_file, names)
+            exists = map_paths(is_file, names)
             missing = [n for n, ok in zip(names, exists) if not ok]
             if missing:
                 raise MissingFiles(where, pattern, len(names), missing)
@@ -124,7 +125,7 @@ def expand_paths(spec: str | Sequence[str], where: str, *, root: str = "",
     return found
 
 
-def _map(fn, items: Sequence[str]) -> list[Any]:
+def map_paths(fn, items: Sequence[str]) -> list[Any]:
     """``fn`` over paths; in parallel threads when they are remote (each call is a round trip)."""
     if not items or not is_remote(items[0]):
         return [fn(item) for item in items]
@@ -175,17 +176,18 @@ def _corrupt(path: str, kind: str, detail: str) -> CorruptFile:
                        "remove it from the source")
 
 
-def read_chunks(path: str) -> Iterator[bytes]:
+def read_chunks(path: str, chunk_bytes: int | None = None) -> Iterator[bytes]:
     """The file's content in pieces, decompressed when its first bytes say gzip or zstd."""
     kind = compression(path)
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
     with open_binary(path) as f:
         if kind is None:
-            while chunk := f.read(CHUNK_BYTES):
+            while chunk := f.read(chunk_bytes):
                 yield chunk
             return
         errors = (zlib.error,) if kind == "gzip" else (zlib.error, _zstd_error())
         stream, inside = _decompressor(kind), False
-        while data := f.read(CHUNK_BYTES):
+        while data := f.read(chunk_bytes):
             while data:
                 try:
                     out = stream.decompress(data)
@@ -225,8 +227,8 @@ def lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def starts_with_list(path: str) -> bool:
-    """Whether the (decompressed) file holds one JSON array rather than JSON lines."""
-    for chunk in read_chunks(path):
+    """Whether the (decompressed) file holds one JSON array rather than JSON lines (reads a few KB)."""
+    for chunk in read_chunks(path, HEAD_BYTES):
         stripped = chunk.lstrip()
         if stripped:
             return stripped.startswith(b"[")

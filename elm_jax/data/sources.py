@@ -124,12 +124,6 @@ class DocumentSource(RecordParser):
         return self._where(index) if self._where else f"{self.name} record {index}"
 
 
-def expand_paths(spec: str | Sequence[str], where: str, *, root: str = "",
-                 file_ids: Sequence[int] | None = None) -> list[str]:
-    """Files matching a path, glob, template or list of them; missing files are a clear error."""
-    return files.expand_paths(spec, where, root=root, file_ids=file_ids)
-
-
 def _line_offsets(path: str):
     """``[n, 2]`` int64 (start, end) byte offsets of the non-empty lines of a local file."""
     import numpy as np
@@ -237,16 +231,21 @@ def open_source(index: int, src: Mapping[str, Any], split: str, cache_dir: str |
         return _array_record(name, found, src, where)
     if kind == "parquet":
         field = src.get("field") or "text"
-        rows = [parquet_parts(path, field, cache_dir, where) for path in found]
+        rows = files.map_paths(lambda path: parquet_parts(path, field, cache_dir, where), found)
         parts = [[group for group, n in enumerate(r) if n] for r in rows]
         return StreamSource(name, found, "parquet", field=field, parts=parts)
     if kind == "text" and src.get("unit", "line") == "file":
         records = WholeFiles(found)
         return DocumentSource(name, records, where=records.where, file_list=found)
     field = src.get("field") or "text"
-    if kind == "jsonl" and any(files.starts_with_list(path) for path in found):
-        return StreamSource(name, found, "json_list", field=field)
-    if any(files.is_remote(path) or files.compression(path) for path in found):
+    if kind == "jsonl":
+        lists = files.map_paths(files.starts_with_list, found)
+        if any(lists) and not all(lists):
+            raise DataError(f"{where}: {found[lists.index(True)]} holds a JSON list but "
+                            f"{found[lists.index(False)]} JSON lines; make them two sources")
+        if any(lists):
+            return StreamSource(name, found, "json_list", field=field)
+    if any(files.map_paths(lambda path: files.is_remote(path) or files.compression(path), found)):
         return StreamSource(name, found, "json_lines" if kind == "jsonl" else "lines", field=field)
     records = LineIndex(found, cache_dir)
     return DocumentSource(name, records, field=field, json_records=kind == "jsonl", where=records.where,

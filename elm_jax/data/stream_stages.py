@@ -15,7 +15,7 @@ from elm_jax.data.errors import DataError
 from elm_jax.data.streams import StreamSource, Unit
 
 CYCLE = 4  # units read at once by each worker
-WINDOW = 1024  # documents shuffled together
+WINDOW = 512  # documents shuffled together (held in memory: WINDOW x document size per worker)
 
 
 class UnitDataset(grain.IterDataset):

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 from formats import KINDS, STREAMED, write_source
+from test_data_pipeline import find
 
 from elm_jax.data import pipeline, stream_stages
 from elm_jax.data.streams import StreamSource
@@ -55,17 +56,6 @@ def test_processes_split_the_documents_exactly(kind, processes, docs, make_confi
     assert all(per_process)
 
 
-def find(state, key):
-    if isinstance(state, dict):
-        if key in state:
-            yield state[key]
-        for value in state.values():
-            yield from find(value, key)
-    elif isinstance(state, list):
-        for value in state:
-            yield from find(value, key)
-
-
 @pytest.mark.parametrize("kind", STREAMED)
 def test_resume_is_exact_inside_a_file_and_a_shuffle_window(kind, docs, make_config, tmp_path,
                                                            monkeypatch):
@@ -106,3 +96,34 @@ def test_streams_are_shuffled_and_reshuffled_each_epoch(docs, make_config, tmp_p
     first = list(dict.fromkeys(rows))
     second = list(dict.fromkeys(reversed(rows)))[::-1]
     assert first != [d.strip() for d in docs] and first != second
+
+
+def test_worker_processes_split_units_and_resume_through_grains_handler(docs, make_config, tmp_path):
+    import dataclasses
+
+    import grain
+    from etils import epath
+
+    config = exact_config(make_config, write_source(tmp_path / "pq", "parquet", docs))
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, num_workers=2))
+    tok = load_tokenizer(config)
+    handler = grain.checkpoint.CheckpointHandler()
+    it = pipeline.make_iterator(config, "train", process_index=0, process_count=1, num_epochs=1)
+    try:
+        before = [next(it) for _ in range(10)]
+        handler.save(epath.Path(tmp_path), item=it)
+        after = list(it)
+    finally:
+        it.close()
+    rows = [tok.decode(row) for batch in before + after for row in batch["inputs"]]
+    assert sorted(rows) == sorted(d.strip() for d in docs)  # the workers split the units exactly
+    fresh = pipeline.make_iterator(config, "train", process_index=0, process_count=1, num_epochs=1)
+    try:
+        handler.restore(epath.Path(tmp_path), item=fresh)
+        resumed = list(fresh)
+    finally:
+        fresh.close()
+    assert len(resumed) == len(after)
+    for a, b in zip(resumed, after):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)

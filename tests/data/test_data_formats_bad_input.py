@@ -89,6 +89,13 @@ def test_records_whose_text_is_not_a_string_are_counted_and_located(loose, docum
     assert "n.json item 5: no string field 'text' (a JSON str, not an object)" in caplog.text
 
 
+def test_json_lists_and_lines_in_one_source_are_refused(loose, documents, tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps([{"text": t} for t in documents(3)]))
+    (tmp_path / "b.json").write_bytes(json_lines(documents(3)))
+    with pytest.raises(DataError, match=r"a.json holds a JSON list but .*b.json JSON lines"):
+        make(loose([{"kind": "jsonl", "train": str(tmp_path / "*.json")}]))
+
+
 def test_empty_streams_are_named_not_spun_on(loose, documents, tmp_path, monkeypatch):
     monkeypatch.setattr(stream_stages, "WINDOW", 4)  # a window of a one-document source: 4 epochs
     monkeypatch.setattr(pipeline, "TOKENIZER_BATCH_CHARS", 100)

@@ -73,17 +73,17 @@ def test_the_mixture_reads_every_corpus_from_a_small_data_root(make_config, docu
 
 
 def test_inspect_with_a_missing_root_names_every_expected_file(tmp_path):
+    """(The ``experiment.py:data_root=PATH`` form sets the same field, see above.)"""
     root = tmp_path / "nowhere"
-    for how in ([f"--config={ROOT / 'experiments' / 'openelm_270m.py'}:data_root={root}"],
-                [f"--config={ROOT / 'experiments' / 'openelm_270m.py'}", f"--config.data.data_root={root}"]):
-        out = elm_data("inspect", *how)
-        assert out.returncode == 2, out.stderr
-        assert "Traceback" not in out.stderr
-        error = out.stderr[out.stderr.index("error: "):]
-        assert error.startswith(f"error: 13 of the 13 sources in data.sources have no files under "
-                                f"data.data_root='{root}':")
-        assert (f"refinedweb (data.sources[0].train): none of the 5534 files "
-                f"'{root}/refinedweb/refinedweb-{{file_id:05d}}-of-05534.parquet' exists") in error
-        assert f"'{root}/redpajama/book/book-00000-00001.jsonl' does not exist" in error
-        assert "dolma_wiki (data.sources[12].train): none of the 2 files" in error
-        assert "--config.data.data_root=PATH" in error
+    out = elm_data("inspect", f"--config={ROOT / 'experiments' / 'openelm_270m.py'}",
+                   f"--config.data.data_root={root}")
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    error = out.stderr[out.stderr.index("error: "):]
+    assert error.startswith(f"error: 13 of the 13 sources in data.sources have no files under "
+                            f"data.data_root='{root}':")
+    assert (f"refinedweb (data.sources[0].train): none of the 5534 files "
+            f"'{root}/refinedweb/refinedweb-{{file_id:05d}}-of-05534.parquet' exists") in error
+    assert f"'{root}/redpajama/book/book-00000-00001.jsonl' does not exist" in error
+    assert "dolma_wiki (data.sources[12].train): none of the 2 files" in error
+    assert "--config.data.data_root=PATH" in error
