@@ -20,17 +20,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from elm_jax.config import ConfigError
 from elm_jax.data.errors import DataError
+from elm_jax.data.files import MissingFiles
 
 if TYPE_CHECKING:
     import grain
 
     from elm_jax.config import Config
-    from elm_jax.data.files import MissingFiles
     from elm_jax.data.records import RecordParser
     from elm_jax.data.tokenizer import Tokenizer
 
@@ -126,7 +127,6 @@ def _process(index: int | None, count: int | None) -> tuple[int, int]:
 
 
 def _open_sources(config: Config, split: str) -> list[tuple[str, RecordParser, float]]:
-    from elm_jax.data.files import MissingFiles
     from elm_jax.data.sources import DocumentSource, open_source, source_name
 
     opened, missing = [], []
@@ -155,8 +155,6 @@ def _open_sources(config: Config, split: str) -> list[tuple[str, RecordParser, f
 
 def _missing_files(config: Config, missing: list[tuple[str, MissingFiles]]) -> Exception:
     """One error for every source whose files are not there, saying what was expected where."""
-    import os
-
     if len(missing) == 1:
         return missing[0][1]
     root = config.data.data_root
@@ -167,8 +165,6 @@ def _missing_files(config: Config, missing: list[tuple[str, MissingFiles]]) -> E
     lines += [f"  {name} ({err.where}): {err.describe()}" for name, err in missing]
     lines.append("put the files there, or point data.data_root at the directory that holds them "
                  "(--config.data.data_root=PATH)")
-    from elm_jax.data.errors import DataError
-
     return DataError("\n".join(lines))
 
 
