@@ -17,7 +17,7 @@ def _two_processes(cache_dir, *args, **env):
              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     envs = [{**base_env(2), **cache, **env, "ELM_COORDINATOR_ADDRESS": address,
              "ELM_NUM_PROCESSES": "2", "ELM_PROCESS_ID": str(i)} for i in range(2)]
-    return run_processes(["train", *args], envs, timeout=240)
+    return run_processes(["train", *args], envs, timeout=400)
 
 
 def _retrain_bytes(path: Path) -> None:
