@@ -28,7 +28,7 @@ import pandas as pd
 from IPython.display import display
 
 from elm_jax.explore import plots, results, schedules
-from elm_jax.explore.sweep import cell_costs, expand, load_sweep_file, parse_sweep, status
+from elm_jax.explore.sweep import cell_costs, expand, load_config_file, parse_sweep, status
 
 # %% tags=["parameters"]
 SWEEP = "experiments/ablations/layerwise_vs_uniform.py"
@@ -40,7 +40,7 @@ if SMOKE:
     RUN = False
 
 # %%
-sweep = parse_sweep(load_sweep_file(SWEEP), SWEEP)
+sweep = parse_sweep(load_config_file(SWEEP), SWEEP)
 cells = expand(sweep, OUT if RUN else RESULTS)  # solves every schedule to the base's parameters
 
 # %% [markdown]

@@ -29,7 +29,7 @@ from IPython.display import display
 
 from elm_jax.explore import plots, results, stats
 from elm_jax.explore.runs import load_run
-from elm_jax.explore.sweep import expand, load_sweep_file, parse_sweep, status
+from elm_jax.explore.sweep import expand, load_config_file, parse_sweep, status
 
 # %% tags=["parameters"]
 SWEEP = "experiments/ablations/scaling_budgets.py"
@@ -43,7 +43,7 @@ if SMOKE:
     RUN, BOOTSTRAP = False, 200
 
 # %%
-sweep = parse_sweep(load_sweep_file(SWEEP), SWEEP)
+sweep = parse_sweep(load_config_file(SWEEP), SWEEP)
 cells = expand(sweep, OUT)
 if RUN:
     from elm_jax.explore import runner
@@ -58,7 +58,7 @@ if len({r["flops"] for r in rows}) >= 3:
     compute = np.array([r["flops"] for r in rows])
     loss = np.array([r["val_loss"] for r in rows])
 else:
-    fallback = parse_sweep(load_sweep_file(FALLBACK[0]), FALLBACK[0])
+    fallback = parse_sweep(load_config_file(FALLBACK[0]), FALLBACK[0])
     curves = [load_run(c.run_dir).curve("val_loss", "flops")
               for c in expand(fallback, FALLBACK[1]) if status(c) == "done"]
     source = (f"validation curves of {len(curves)} committed {fallback.name} runs (points along "

@@ -99,8 +99,8 @@ class Cell:
         return train.steps * train.batch_size * self.config.data.seq_len
 
 
-def load_sweep_file(source: str) -> Any:
-    """``get_config(arg)`` of the sweep file ``path.py[:arg]`` (the ``--config`` convention)."""
+def load_config_file(source: str) -> Any:
+    """``get_config(arg)`` of a sweep or experiment file ``path.py[:arg]`` (the ``--config`` convention)."""
     path, _, arg = source.partition(":")
     if not Path(path).is_file():
         raise FileNotFoundError(f"sweep file {path} not found; see experiments/ablations/ for examples")
@@ -259,7 +259,7 @@ def cell_experiment(reference: str) -> Any:
     source, sep, name = reference.rpartition("@")
     if not sep or not source:
         raise ConfigError(f"sweep cell {reference!r} is invalid: expected path/to/sweep.py[:arg]@cell")
-    sweep = parse_sweep(load_sweep_file(source), source)
+    sweep = parse_sweep(load_config_file(source), source)
     return to_config_dict(cell_by_name(expand(sweep, f"runs/sweeps/{sweep.name}"), name).config)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import ml_collections
 
-from elm_jax.explore.sweep import load_sweep_file
+from elm_jax.explore.sweep import load_config_file
 
 
 def get_config(arg=None):
@@ -18,10 +18,10 @@ def get_config(arg=None):
     sweep = ml_collections.ConfigDict()
     sweep.name = "scaling_budgets"
     sweep.description = __doc__.split("\n\n")[0]
-    sweep.base = load_sweep_file(str(Path(__file__).with_name("layerwise_vs_uniform.py"))).base
+    sweep.base = load_config_file(str(Path(__file__).with_name("layerwise_vs_uniform.py"))).base
     sweep.base.name = "scaling_budgets"
     sweep.axes = [
-        {"field": "model.model_dim", "values": [48, 72, 96, 144]},  # head_dim 12: 4 to 8 heads at 96
+        {"field": "model.model_dim", "values": [32, 64, 96, 128]},  # head_dim 8: 4 to 8 heads at 64
         {"field": "train.seed", "values": [0, 1]},
     ]
     return sweep

@@ -9,7 +9,8 @@ from cli_helpers import ROOT, run_module
 
 from elm_jax.config import ConfigError, from_config_dict
 from elm_jax.explore.costs import model_costs
-from elm_jax.explore.sweep import _preflight, config_hash, expand, load_sweep_file, parse_sweep
+from elm_jax.explore.results import grouped, to_markdown
+from elm_jax.explore.sweep import _preflight, config_hash, expand, load_config_file, parse_sweep
 
 ABLATION = "experiments/ablations/layerwise_vs_uniform.py"
 SWEPT = {"model.qkv_multipliers", "model.ffn_multipliers", "train.seed"}
@@ -17,7 +18,7 @@ SWEPT = {"model.qkv_multipliers", "model.ffn_multipliers", "train.seed"}
 
 @pytest.fixture(scope="module")
 def ablation():
-    sweep = parse_sweep(load_sweep_file(str(ROOT / ABLATION)), ABLATION)
+    sweep = parse_sweep(load_config_file(str(ROOT / ABLATION)), ABLATION)
     return sweep, expand(sweep, "/tmp/nowhere")
 
 
@@ -102,3 +103,19 @@ def test_preflight_refuses_a_cell_that_differs_outside_the_axes(ablation):
     with pytest.raises(ConfigError, match="openelm_linear-seed1 differs from the base in field.s. that "
                                           "are not swept: train.peak_lr"):
         _preflight(sweep, [cells[0], stray])
+
+
+def test_grouped_comparison_pairs_cells_by_seed(ablation):
+    sweep, _ = ablation
+    losses = {"openelm_linear": [4.0, 4.2, 4.1], "uniform": [4.1, 4.4, 4.1]}
+    rows = [{"cell": f"{group}-seed{seed}", "group": group, "train.seed": seed, "status": "done",
+             "val_loss": loss} for group, values in losses.items() for seed, loss in enumerate(values)]
+    rows.append({"cell": "reverse-seed0", "group": "reverse", "train.seed": 0, "status": "partial",
+                 "val_loss": 9.0})  # unfinished cells are left out
+    reference, uniform = grouped(sweep, rows)
+    assert reference.label == "openelm_linear" and reference.difference is None
+    assert (uniform.summary.n, uniform.summary.mean) == (3, pytest.approx(4.2))
+    assert uniform.difference.mean == pytest.approx(0.1) and uniform.difference.n == 3
+    assert uniform.difference.low == pytest.approx(0.0) and uniform.difference.high == pytest.approx(0.2)
+    table = to_markdown(sweep, [], [reference, uniform])
+    assert "| uniform | 3 | 4.2000 ± 0.1732 | +0.1000 [+0.0000, +0.2000] (n=3) |" in table
