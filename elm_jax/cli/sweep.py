@@ -118,6 +118,32 @@ def write_plot(sweep: Sweep, cells: list[Cell], path) -> None:
     print(f"plot: {path}")
 
 
+def run_here(cells: list[Cell], out: str) -> bool:
+    """Train the cells one after another; False when a SIGTERM stopped the sweep (rerun resumes)."""
+    from elm_jax.explore import runner  # jax and the training loop: not for dry runs
+    from elm_jax.train.checkpoint import CheckpointError
+    from elm_jax.train.loop import TrainingError
+
+    if COMPILATION_CACHE.value:
+        runner.use_compilation_cache(f"{out}/jax_cache")
+    quiet = not flags.FLAGS["verbosity"].present
+    try:
+        return runner.run_locally(cells, say=lambda s: print(s, flush=True), quiet=quiet)
+    except (TrainingError, CheckpointError) as err:
+        raise common.UserError(str(err)) from None
+
+
+def launch_all(sweep: Sweep, cells: list[Cell], launcher_args: list[str]) -> None:
+    if config_flags.get_override_values(flags.FLAGS["sweep"]):
+        raise common.UserError("--sweep.* overrides cannot travel to launched cells (they rebuild "
+                               "the cell from the sweep file); edit and commit the sweep file")
+    from elm_jax.explore.runner import launch
+
+    code = launch(sweep, cells, LAUNCH.value, launcher_args, dry_run=DRY_RUN.value, say=print)
+    if code:
+        sys.exit(code)
+
+
 def _main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
         absl_logging.set_verbosity(absl_logging.WARNING)
@@ -128,29 +154,12 @@ def _main(argv: list[str]) -> None:
     sweep = _sweep()
     out = OUT.value or f"runs/sweeps/{sweep.name}"
     cells = expand(sweep, out)
-    if DRY_RUN.value or not COLLECT.value:
+    if not COLLECT.value:
         print_grid(sweep, cells)
     if LAUNCH.value:
-        if config_flags.get_override_values(flags.FLAGS["sweep"]):
-            raise common.UserError("--sweep.* overrides cannot travel to launched cells (they rebuild "
-                                   "the cell from the sweep file); edit and commit the sweep file")
-        from elm_jax.explore.runner import launch
-
-        code = launch(sweep, cells, LAUNCH.value, launcher_args, dry_run=DRY_RUN.value, say=print)
-        if code:
-            sys.exit(code)
-        return
-    if DRY_RUN.value:
-        return
-    if not COLLECT.value:
-        from elm_jax.explore import runner  # jax and the training loop: not for dry runs
-
-        if COMPILATION_CACHE.value:
-            runner.use_compilation_cache(f"{out}/jax_cache")
-        quiet = not flags.FLAGS["verbosity"].present
-        if not runner.run_locally(cells, say=lambda s: print(s, flush=True), quiet=quiet):
-            return
-    write_results(sweep, cells, out)
+        launch_all(sweep, cells, launcher_args)
+    elif COLLECT.value or not DRY_RUN.value and run_here(cells, out):
+        write_results(sweep, cells, out)
 
 
 def main() -> None:

@@ -84,10 +84,9 @@ def test_launch_refuses_command_line_overrides_of_the_sweep():
 
 def test_bad_sweep_files_are_one_line_errors(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text(f"exec(open({str(ROOT / ABLATION)!r}).read())\n"
-                   "_get = get_config\n"
+    bad.write_text("from elm_jax.explore.sweep import load_config_file\n"
                    "def get_config(arg=None):\n"
-                   "    sweep = _get()\n"
+                   f"    sweep = load_config_file({str(ROOT / ABLATION)!r})\n"
                    "    sweep.axes = [{'field': 'train.sed', 'values': [0, 1]}]\n"
                    "    sweep.compare = {}\n"
                    "    return sweep\n")
