@@ -23,6 +23,7 @@ import hashlib
 import importlib.util
 import itertools
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,12 @@ class Axis:
     values: tuple[Any, ...]
 
     def label(self, value: Any) -> str:
+        """``seed0``, ``peak_lr0.003``, ``ffn_multipliers1,3``: safe in a directory name."""
         if self.field == SCHEDULE_AXIS:
             return schedule_from_spec(value).name
-        return f"{self.field.rsplit('.', 1)[-1]}{value:g}" if isinstance(value, float) \
-            else f"{self.field.rsplit('.', 1)[-1]}{value}"
+        values = value if isinstance(value, (list, tuple)) else (value,)
+        text = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+        return re.sub(r"[^\w.,+-]", "_", f"{self.field.rsplit('.', 1)[-1]}{text}")
 
     def fields(self) -> tuple[str, ...]:
         """Config fields this axis may change."""
