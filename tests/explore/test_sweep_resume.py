@@ -31,7 +31,7 @@ def write_sweep(tmp_path):
     corpus.write_text("".join(json.dumps({"text": " ".join(TEXT[i:] + TEXT[:i])}) + "\n"
                               for i in range(len(TEXT))))
     cd = default_config()
-    cd.model.update(vocab_size=VOCAB + 10, num_layers=2, model_dim=32, head_dim=16, num_gqa_groups=1,
+    cd.model.update(vocab_size=VOCAB + 10, num_layers=1, model_dim=32, head_dim=16, num_gqa_groups=1,
                     ffn_multipliers=(1.0, 2.0), ffn_dim_divisor=32)
     cd.data.update(sources=[{"kind": "jsonl", "train": str(corpus), "validation": str(corpus)}],
                    tokenizer=str(write_tokenizer(tmp_path / "tok.model")), pad_id=VOCAB, seq_len=16,
