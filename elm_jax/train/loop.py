@@ -66,6 +66,7 @@ def due(step: int, every: int, total: int) -> bool:
 
 def train(config: Config, **kwargs: Any) -> TrainResult:
     """``_train`` holding the run directory's lock (process 0 holds it for all processes)."""
+    check_run_dir_writable(config.train.run_dir)
     lock = RunLock(as_path(config.train.run_dir))
     decided_by_process_0(lock.acquire, TrainingError)
     try:
@@ -85,7 +86,6 @@ def _train(config: Config, *, make_iterator: IteratorFactory | None = None, toke
     are read first for the unigram-entropy baseline (0: skip). ``compiler_options`` go to XLA for
     the train and eval steps.
     """
-    check_run_dir_writable(config.train.run_dir)
     if make_iterator is None:
         ensure_prepared(config)
         make_iterator, tokenizer = pipeline_iterator, load_tokenizer(config)
