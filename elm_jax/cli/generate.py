@@ -12,6 +12,7 @@ object per prompt (prompt, completion, token counts) to a new file.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -122,9 +123,11 @@ def _main(argv: list[str]) -> None:
     output = common.new_output(OUTPUT.value)
     opened = model_flags.open_model()
     tokenizer = opened.tokenizer()
-    with jax.set_mesh(opened.mesh):
-        records = list(run_prompts(opened.loaded.model, tokenizer, texts))
-    if output is not None:
+    # Every process decodes (the model may span them); process 0 alone shows and writes the text.
+    with jax.set_mesh(opened.mesh), open(os.devnull, "w") as silent:
+        records = list(run_prompts(opened.loaded.model, tokenizer, texts,
+                                   out=sys.stdout if model_flags.lead() else silent))
+    if output is not None and model_flags.lead():
         common.write_new_file(output, "".join(json.dumps(r) + "\n" for r in records))
 
 

@@ -50,8 +50,9 @@ class DocumentSource:
     """A random-access source of raw documents plus the rule that turns one into text."""
 
     def __init__(self, name: str, records: Any, *, field: str | None = None, json_records: bool = False,
-                 where: Any = None):
+                 where: Any = None, files: Sequence[str] = ()):
         self.name = name
+        self.files = list(files)  # the local files read (empty for TFDS sources)
         self._records = records
         self._field = field
         self._json = json_records
@@ -194,13 +195,14 @@ def open_source(index: int, src: Mapping[str, Any], split: str, cache_dir: str |
             records = grain.sources.ArrayRecordDataSource(files)
         except Exception as err:  # array_record raises bare RuntimeErrors on non-ArrayRecord files
             raise DataError(f"{where}: cannot read {files} as ArrayRecord ({err})") from None
-        return DocumentSource(name, records, field=src.get("field"), json_records=bool(src.get("field")))
+        return DocumentSource(name, records, field=src.get("field"), json_records=bool(src.get("field")),
+                              files=files)
     if kind == "text" and src.get("unit", "line") == "file":
         records = WholeFiles(files)
-        return DocumentSource(name, records, where=records.where)
+        return DocumentSource(name, records, where=records.where, files=files)
     records = LineIndex(files)
     return DocumentSource(name, records, field=src.get("field") or "text", json_records=kind == "jsonl",
-                          where=records.where)
+                          where=records.where, files=files)
 
 
 def _shakespeare(split: str, cache_dir: str | None):
