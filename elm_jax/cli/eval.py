@@ -10,7 +10,9 @@ lm-eval-harness itself on our model.
 Task ``T`` reads ``DATA_DIR/T.jsonl``: the public dataset's documents, one JSON object per line, in
 their own field layout (ARC: question / choices / answerKey, PIQA: goal / sol1 / sol2 / label, ...).
 With ``--harness`` the tasks are lm-eval-harness's own (its datasets, prompts and metrics; the
-``lmeval`` extra), scored by ``elm_jax.eval.harness.ElmJaxLM``.
+``lmeval`` extra), scored by ``elm_jax.eval.harness.ElmJaxLM``. On several processes
+(``--num_processes`` ..., see ``model_flags``) every process evaluates and process 0 prints and
+writes the results.
 """
 
 from __future__ import annotations

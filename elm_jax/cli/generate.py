@@ -6,7 +6,8 @@
 
 With ``--batch_size 1`` (the default) each completion is printed token by token as it is produced;
 larger batches print each completion when its batch is done. ``--output`` also writes one JSON
-object per prompt (prompt, completion, token counts) to a new file.
+object per prompt (prompt, completion, token counts) to a new file. On several processes
+(``--num_processes`` ..., see ``model_flags``) every process decodes and process 0 prints.
 """
 
 from __future__ import annotations

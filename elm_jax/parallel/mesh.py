@@ -160,7 +160,7 @@ def check_batch_divides(mesh: jax.sharding.Mesh, global_batch: int, microbatches
 
 class DataShard(NamedTuple):
     """The part of every global batch one process loads: shard ``index`` of ``count`` equal,
-    consecutive blocks of rows (what the data pipeline takes as process index and count)."""
+    disjoint sets of rows (what the data pipeline takes as process index and count)."""
 
     index: int
     count: int
@@ -182,11 +182,13 @@ def _rows_per_process(mesh: jax.sharding.Mesh) -> dict[int, tuple[int, ...]]:
 def data_shard(mesh: jax.sharding.Mesh, process_index: int | None = None) -> DataShard:
     """Which rows of each global batch ``process_index`` (default: this process) loads.
 
-    Rows are split over the ("data", "fsdp") devices only, so processes whose devices differ
-    along "tensor" hold the same rows: with a tensor axis across processes (one process per GPU,
-    a tensor group wider than a TPU host) there are fewer data shards than processes, and the
-    processes of one tensor group load the same shard. Raises ``ConfigError`` for a device order
-    in which a process's rows are not one block of the same size as every other process's.
+    A batch's rows are split in blocks over the ("data", "fsdp") devices; a process holds the
+    blocks of its devices, which need not be neighbours (on TPU pods jax's torus order interleaves
+    hosts; ``make_array_from_process_local_data`` takes them in order). Processes whose devices
+    differ only along "tensor" hold the same blocks: with a tensor axis across processes (one
+    process per GPU, a tensor group wider than a TPU host) there are fewer data shards than
+    processes, and the processes of one tensor group load the same shard. Raises
+    ``ConfigError`` when the processes' blocks are not equal, disjoint shares of the batch.
     """
     process = jax.process_index() if process_index is None else process_index
     held = _rows_per_process(mesh)
@@ -195,13 +197,12 @@ def data_shard(mesh: jax.sharding.Mesh, process_index: int | None = None) -> Dat
                           "the mesh over every process's devices")
     shards = sorted(set(held.values()))
     blocks = math.prod(mesh.shape[a] for a in BATCH_AXES)
-    consecutive = all(s == tuple(range(s[0], s[0] + len(s))) for s in shards)
-    if (not consecutive or len({len(s) for s in shards}) != 1
+    if (len({len(s) for s in shards}) != 1
             or sorted(b for s in shards for b in s) != list(range(blocks))):
         raise ConfigError(
             f"mesh {dict(mesh.shape)}: the processes hold batch rows {sorted(held.items())} (row "
-            "blocks along data x fsdp), not equal consecutive blocks that each process loads "
-            "whole; order the mesh devices by process (jax.make_mesh does) or change the mesh axes")
+            "blocks along data x fsdp), not equal, disjoint shares that each process can load; "
+            "give every process the same number of devices, or change the mesh axes")
     return DataShard(shards.index(held[process]), len(shards))
 
 

@@ -13,6 +13,7 @@ from elm_jax.errors import ConfigError
 from elm_jax.parallel.mesh import DataShard, data_shard, make_mesh
 from elm_jax.parallel.multislice import num_slices
 from elm_jax.presets import openelm_config
+from elm_jax.train import topology
 
 
 class FakeDevice:
@@ -74,21 +75,44 @@ def test_a_tensor_axis_across_all_processes_means_one_shard():
     assert shards(mesh, 2) == [(0, 1), (0, 1)]
 
 
-def hand_mesh(devices, order):
-    """A 1 x len x 1 mesh with ``devices`` along fsdp in ``order`` (not jax's order)."""
-    grid = np.array([devices[i] for i in order], dtype=object).reshape(1, len(order), 1)
+def hand_mesh(devices, shape, order=None):
+    """A mesh of ``devices`` (in ``order``) laid out as ``shape`` by hand, not in jax's order."""
+    order = range(len(devices)) if order is None else order
+    grid = np.array([devices[i] for i in order], dtype=object).reshape(shape)
     return jax.sharding.Mesh(grid, ("data", "fsdp", "tensor"))
+
+
+def test_a_process_may_hold_rows_that_are_not_neighbours():
+    """As on TPU pods, where jax's torus order interleaves the hosts along the batch axes."""
+    devices = gpus(hosts=1, per_host=4, processes_per_host=2)  # process 0: GPUs 0, 1
+    mesh = hand_mesh(devices, (1, 4, 1), [0, 2, 1, 3])  # process 0 holds row blocks 0 and 2
+    assert shards(mesh, 2) == [(0, 2), (1, 2)]
 
 
 def test_shards_follow_the_mesh_order_not_the_process_index():
     devices = gpus(hosts=2, per_host=2, processes_per_host=2)  # processes 0..3, one GPU each
-    assert shards(hand_mesh(devices, [0, 2, 1, 3]), 4) == [(0, 4), (2, 4), (1, 4), (3, 4)]
+    assert shards(hand_mesh(devices, (1, 4, 1), [0, 2, 1, 3]), 4) == [(0, 4), (2, 4), (1, 4), (3, 4)]
 
 
-def test_rows_a_process_cannot_load_as_one_block_are_refused():
-    devices = gpus(hosts=1, per_host=4, processes_per_host=2)  # process 0: GPUs 0, 1
-    with pytest.raises(ConfigError, match="not equal consecutive blocks"):
-        data_shard(hand_mesh(devices, [0, 2, 1, 3]), 0)  # process 0 would hold rows 0 and 2
+def test_unequal_shares_of_the_rows_are_refused():
+    # process 0 has two GPUs, processes 1 and 2 one each; fsdp=2 x tensor=2: process 0 holds
+    # both row blocks, the others one each
+    devices = [FakeDevice(0, 0), FakeDevice(1, 0), FakeDevice(2, 1), FakeDevice(3, 2)]
+    mesh = hand_mesh(devices, (1, 2, 2), [0, 2, 1, 3])
+    with pytest.raises(ConfigError, match="not equal, disjoint shares"):
+        data_shard(mesh, 0)
+
+
+def test_tpu_pod_hosts_each_load_their_own_quarter():
+    """A v5p-32 (4 hosts x 4 chips, libtpu's topology): jax's torus order gives each host rows
+    that are not neighbours; still four equal, disjoint shards, one per host."""
+    devices = topology.devices(topology.parse("v5p-32"))
+    mesh = make_mesh(MeshConfig(data=-1, fsdp=1, tensor=1), devices)
+    hosts = sorted({d.process_index for d in devices})
+    assert hosts == [0, 1, 2, 3]
+    assert sorted(shards(mesh, 4)) == [(0, 4), (1, 4), (2, 4), (3, 4)]
+    mesh = make_mesh(MeshConfig(data=1, fsdp=4, tensor=4), devices)  # a tensor group per host
+    assert sorted(shards(mesh, 4)) == [(0, 4), (1, 4), (2, 4), (3, 4)]
 
 
 def test_one_process_with_every_device_loads_everything():
