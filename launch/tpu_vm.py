@@ -232,6 +232,7 @@ def wait(run: Runner, args: argparse.Namespace) -> int:
         return 0
     last = None
     while True:
+        time.sleep(args.poll_seconds)  # first: a training just started has time to write its pid
         polled = run.run(ssh(args, STATUS_COMMAND), check=False, capture=True, show=False)
         found = [m for m in map(STATUS.search, polled.stdout.splitlines()) if m]
         states = sorted(m.group(0) for m in found)
@@ -246,7 +247,6 @@ def wait(run: Runner, args: argparse.Namespace) -> int:
             if state in GONE_STATES:
                 run.say(f"slice {args.name} is {state}: training ended with it")
                 return 1
-        time.sleep(args.poll_seconds)
 
 
 def logs(run: Runner, args: argparse.Namespace) -> None:
