@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,17 +19,23 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from elm_jax.data.sources import DocumentSource
+from elm_jax.data import files
+from elm_jax.data.records import RecordParser
 from elm_jax.errors import DataError
 
 SHOWN = 5  # file names listed per kind of difference
 
 
-def listing(sources: Sequence[DocumentSource]) -> dict[str, dict[str, Any]]:
-    """Per source: its document count and its files with their sizes in bytes."""
-    return {src.name: {"documents": len(src),
-                       "files": {path: os.path.getsize(path) for path in src.files}}
-            for src in sources}
+def listing(sources: Sequence[RecordParser]) -> dict[str, dict[str, Any]]:
+    """Per source: its document count (None for streamed sources, which do not know it) and its
+    files (none for TFDS) with their sizes in bytes."""
+    found = {}
+    for src in sources:
+        paths = list(getattr(src, "files", ()))
+        sizes = [size for size, _ in files.map_paths(files.stat, paths)]
+        found[src.name] = {"documents": getattr(src, "num_records", None),
+                           "files": dict(zip(paths, sizes))}
+    return found
 
 
 def differences(reference: Mapping[str, Any], mine: Mapping[str, Any]) -> list[str]:
@@ -66,7 +71,7 @@ def _broadcast_text(text: str) -> str:
     return bytes(np.asarray(multihost_utils.broadcast_one_to_all(padded))).decode()
 
 
-def check_same_data(sources: Sequence[DocumentSource], split: str) -> None:
+def check_same_data(sources: Sequence[RecordParser], split: str) -> None:
     """Raise ``DataError`` on every process unless all processes see the same ``split`` data.
 
     A collective: every process calls it at the same point (a no-op for a single process).

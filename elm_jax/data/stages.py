@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import re
+import unicodedata
 import weakref
 from typing import Any
 
@@ -19,7 +20,7 @@ import grain
 import numpy as np
 
 from elm_jax.common_types import BATCH_FIELDS
-from elm_jax.data.sources import BadRecord, DocumentSource
+from elm_jax.data.records import BadRecord, RecordParser
 from elm_jax.data.tokenizer import Tokenizer
 from elm_jax.errors import DataError
 
@@ -92,16 +93,21 @@ def word_pieces(text: str, words: int, max_chars: int):
 
 
 class PiecesIterDataset(grain.IterDataset):
-    """``(index, raw document)`` -> int32 token arrays ``[BOS, ..., EOS]`` that pass both filters."""
+    """``(location, raw document)`` -> int32 token arrays ``[BOS, ..., EOS]`` that pass both filters.
 
-    def __init__(self, parent: grain.IterDataset, *, source: DocumentSource, tokenizer: Tokenizer,
+    With ``nfc``, each document's text is NFC-normalised first, so the character filter and the
+    tokenizer see composed characters (CoreNet's ``enable_nfc_normalization``).
+    """
+
+    def __init__(self, parent: grain.IterDataset, *, source: RecordParser, tokenizer: Tokenizer,
                  words_per_piece: int, min_chars: int, min_tokens: int, max_tokens: int | None,
-                 batch_chars: int = 1 << 16):
+                 batch_chars: int = 1 << 16, nfc: bool = False):
         super().__init__(parent)
         self.source = source
         self.tokenizer = tokenizer
         self.options = dict(words=words_per_piece, min_chars=min_chars, min_tokens=min_tokens,
-                            max_tokens=max_tokens, batch_chars=batch_chars * max(1, tokenizer.num_threads))
+                            max_tokens=max_tokens, batch_chars=batch_chars * max(1, tokenizer.num_threads),
+                            nfc=nfc)
 
     def __iter__(self) -> grain.DatasetIterator:
         return _PiecesIterator(self._parent.__iter__(), self.source, self.tokenizer, **self.options)
@@ -115,8 +121,9 @@ class _PiecesIterator(grain.DatasetIterator):
     pieces of that document already used, counters then) and how many outputs of it were taken."""
 
     def __init__(self, parent, source, tokenizer, *, words, min_chars, min_tokens, max_tokens,
-                 batch_chars):
+                 batch_chars, nfc):
         super().__init__(parent)
+        self._nfc = nfc
         self._source, self._tok = source, tokenizer
         self._words, self._min_chars, self._min_tokens = words, min_chars, min_tokens
         self._max_tokens, self._batch_chars = max_tokens, batch_chars
@@ -166,6 +173,8 @@ class _PiecesIterator(grain.DatasetIterator):
                 self._logged += 1
                 _log.warning("skipped %s: %s", self._source.where(index), bad)
             text = ""
+        if self._nfc:
+            text = unicodedata.normalize("NFC", text)
         if saved is not None:
             self._counters = saved  # this document was counted before the checkpoint
         self._doc_pieces = word_pieces(text, self._words, self._max_chars)
