@@ -7,7 +7,8 @@ window-shuffled, see ``elm_jax.data.streams``) -> optional NFC normalisation -> 
 filter -> rows (``pad``: the paper's truncate / right-pad to ``seq_len + 1``;
 ``pack``: concatenate-then-split with per-document segment ids and positions). Sources are mixed
 row by row with the configured weights, rows are batched to ``train.batch_size // process_count``,
-and ``data.num_workers`` grain worker processes produce the batches (0: the calling thread does).
+and ``data.num_workers`` grain worker processes produce the batches (0: the calling thread does);
+they die with the process that started them (``elm_jax.data.workers``).
 
 "Process" index and count here mean the data shard a process loads: the trainer passes
 ``elm_jax.parallel.mesh.data_shard`` of its mesh, which equals the process index and count only
@@ -45,6 +46,7 @@ from elm_jax.data.sources import DocumentSource, open_source, source_name
 from elm_jax.data.stream_stages import first_documents, stream_documents
 from elm_jax.data.streams import StreamSource
 from elm_jax.data.tokenizer import Tokenizer, load_tokenizer
+from elm_jax.data.workers import worker_init
 from elm_jax.errors import ConfigError, DataError
 
 PROBE_DOCUMENTS = 10_000  # documents checked up front for at least one usable piece
@@ -103,10 +105,12 @@ def make_dataset(config: Config, split: str, *, process_index: int | None = None
         ds = grain.experimental.WithOptionsIterDataset(
             ds, grain.experimental.DatasetOptions(min_shm_size=MIN_SHM_BYTES))
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                         per_worker_buffer_size=PREFETCH_BATCHES))
+                                                         per_worker_buffer_size=PREFETCH_BATCHES),
+                            worker_init_fn=worker_init())
         ds = ds.map(_own_memory)
     meta = {"split": split, "num_workers": workers, "process_index": process_index,
-            "process_count": process_count, "fingerprint": fingerprint(config)}
+            "process_count": process_count, "fingerprint": fingerprint(config),
+            "settings": stream_settings(config)}
     return stages.CheckedStateIterDataset(ds, meta)
 
 
@@ -237,6 +241,21 @@ def _probe(config: Config, src: RecordParser, tokenizer: Tokenizer) -> None:
 
 def _nonzero(counters: Mapping[str, int]) -> dict[str, int]:
     return {k: v for k, v in counters.items() if v}
+
+
+# Settings that never change which rows the stream yields (the worker count does, and is checked
+# on its own: a state of another worker count cannot be continued at all).
+NOT_STREAM_SETTINGS = ("num_workers", "tokenizer_threads", "cache_dir")
+
+
+def stream_settings(config: Config) -> dict[str, Any]:
+    """The settings the stream's rows depend on, by config name (stored with the iterator state,
+    so a resumed run can say which of them changed)."""
+    data = {f"data.{k}": v for k, v in dataclasses.asdict(config.data).items()
+            if k not in NOT_STREAM_SETTINGS}
+    data["data.sources"] = [dict(s) for s in config.data.sources]
+    settings = {"train.batch_size": config.train.batch_size, **data}
+    return json.loads(json.dumps(settings, sort_keys=True, default=str))  # as it reads back
 
 
 def fingerprint(config: Config) -> str:
