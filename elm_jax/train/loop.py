@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 
 from elm_jax import rundir
 from elm_jax.checkpoint import Checkpointer
@@ -81,7 +82,8 @@ def _train(config: Config, *, make_iterator: IteratorFactory | None = None, toke
            compiler_options: dict[str, Any] | None = None) -> TrainResult:
     """Train ``config`` in ``config.train.run_dir``, resuming from its newest checkpoint.
 
-    ``make_iterator(config, split, process_index=, process_count=)`` defaults to the data pipeline
+    ``make_iterator(config, split, process_index=, process_count=)`` (this process's data shard,
+    ``elm_jax.parallel.mesh.data_shard``) defaults to the data pipeline
     (which also supplies the tokenizer); tests pass their own. ``entropy_tokens`` training tokens
     are read first for the unigram-entropy baseline (0: skip). ``compiler_options`` go to XLA for
     the train and eval steps.
@@ -100,7 +102,7 @@ def _train(config: Config, *, make_iterator: IteratorFactory | None = None, toke
     if tcfg.eval_batches or (tokenizer is not None and tcfg.sample_lines):
         evaluator.batches()  # read the held-out rows now: an unusable split fails before any step
     checkpointer = Checkpointer(run_dir, config)
-    train_iter = make_iterator(config, "train", **process_kwargs())
+    train_iter = make_iterator(config, "train", **process_kwargs(mesh))
     restored = restore_state(checkpointer, train_step.state_shapes, train_iter)
     state = train_step.init() if restored is None else restored
     step = 0 if restored is None else int(jax.device_get(state.step))
@@ -114,7 +116,8 @@ def _train(config: Config, *, make_iterator: IteratorFactory | None = None, toke
         say(f"sharding: {note}")
     result = TrainResult(step=step, preempted=False)
     if entropy_tokens > 0:
-        result.unigram_entropy = training_unigram_entropy(config, make_iterator, entropy_tokens)
+        result.unigram_entropy = training_unigram_entropy(config, make_iterator, entropy_tokens,
+                                                         mesh)
         say(f"unigram entropy of the training tokens: {result.unigram_entropy:.3f} nats")
 
     throughput = Throughput(tcfg.batch_size * config.data.seq_len,
@@ -165,6 +168,8 @@ def _train(config: Config, *, make_iterator: IteratorFactory | None = None, toke
             result.hf_path = rundir.export_hf(config, state.params, run_dir, step)
             if result.hf_path is not None:
                 say(f"exported HF weights to {result.hf_path}")
+            if jax.process_count() > 1:  # nobody exits while process 0 still writes the export
+                multihost_utils.sync_global_devices("elm_jax: HF export written")
         if tokenizer is not None and tcfg.sample_lines > 0 and jax.process_count() == 1:
             rows = [row for b in evaluator.batches() for row in b["inputs"]][:tcfg.sample_lines]
             result.samples = sample_lines(config, state.params, rows, tokenizer, mesh)
