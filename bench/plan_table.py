@@ -31,11 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from elm_jax.config import from_config_dict  # noqa: E402
-from elm_jax.parallel import plan as plan_lib  # noqa: E402
-from elm_jax.parallel import topology as topo_lib  # noqa: E402
-from elm_jax.parallel.topology import GIB  # noqa: E402
 from elm_jax.presets import SIZES, openelm_config  # noqa: E402
 from elm_jax.train import fit as fit_lib  # noqa: E402
+from elm_jax.train import plan as plan_lib  # noqa: E402
+from elm_jax.train import topology as topo_lib  # noqa: E402
+from elm_jax.train.topology import GIB  # noqa: E402
 
 # Each size on slices where the question is interesting (small chips for small models, larger
 # slices for the 3B); every cell is one or more compiles of minutes on two CPU cores.

@@ -25,12 +25,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from elm_jax.common_types import BATCH_FIELDS
 from elm_jax.config import from_config_dict  # noqa: E402
 from elm_jax.model import flops_per_token, param_count  # noqa: E402
 from elm_jax.parallel.mesh import global_batch, make_mesh  # noqa: E402
 from elm_jax.presets import openelm_config  # noqa: E402
 from elm_jax.train.metrics import mfu, peak_flops  # noqa: E402
-from elm_jax.train.step import BATCH_FIELDS, make_train_step  # noqa: E402
+from elm_jax.train.step import make_train_step  # noqa: E402
 
 SIZES = flags.DEFINE_list("sizes", ["tiny", "270m"], "models to time: tiny, 270m, 450m, 1_1b, 3b")
 DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")

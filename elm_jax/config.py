@@ -2,7 +2,8 @@
 
 Every impossible value is caught here, before any array is allocated, with one message that names
 the field and what it may be. Experiment files in ``experiments/`` start from ``default_config()``
-and override what differs.
+and override what differs. Pure Python (numpy for the layer-wise scaling arithmetic): configs are
+built and validated on machines without jax.
 """
 
 from __future__ import annotations
@@ -11,22 +12,29 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # ml_collections is imported lazily: the model must run on bare jax + flax
-    import ml_collections
+import ml_collections
 
-ATTENTION_IMPLS = ("auto", "xla", "pallas", "pallas_tpu", "pallas_gpu", "cudnn")
-DTYPES = ("float32", "bfloat16", "float16")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention_out")
-SEQUENCE_MODES = ("pad", "pack")
-SOURCE_KINDS = ("shakespeare", "tfds", "array_record", "jsonl", "text")
-NONFINITE_POLICIES = ("stop", "skip")
-DISTRIBUTED_MODES = ("auto", "single", "explicit", "slurm", "tpu")
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the field and the fix."""
+from elm_jax.common_types import (
+    ATTENTION_IMPLS,
+    AXES,
+    DATA_SPLITS,
+    DEFAULT_RULES,
+    DISTRIBUTED_MODES,
+    DTYPES,
+    FILE_ID,
+    NONFINITE_POLICIES,
+    REMAT_POLICIES,
+    SEQUENCE_MODES,
+    SOURCE_COMMON_KEYS,
+    SOURCE_KEYS,
+    SOURCE_KINDS,
+    TEXT_UNITS,
+    Rules,
+)
+from elm_jax.errors import ConfigError
+from elm_jax.scaling import LayerShape, layer_shapes
 
 
 def _fail(field: str, value: Any, expected: str) -> typing.NoReturn:
@@ -41,6 +49,73 @@ def _positive(field: str, value: float, *, allow_zero: bool = False) -> None:
 def _choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         _fail(field, value, f"one of {', '.join(allowed)}")
+
+
+def check_source(index: int, src: Mapping[str, Any]) -> None:
+    """Validate one ``data.sources`` entry's keys against ``SOURCE_KEYS`` (touches no file)."""
+    kind = src.get("kind")
+    where = f"data.sources[{index}]"
+    if kind not in SOURCE_KEYS:
+        return  # the kind itself is reported by DataConfig.validate
+    allowed, required = SOURCE_KEYS[kind]
+    unknown = sorted(set(src) - SOURCE_COMMON_KEYS - allowed)
+    if unknown:
+        raise ConfigError(f"{where} ({kind}) has unknown key(s) {unknown}; allowed: "
+                          f"{sorted(SOURCE_COMMON_KEYS | allowed)}")
+    for key in required:
+        if not src.get(key):
+            raise ConfigError(f"{where} ({kind}) needs '{key}'")
+    if kind == "text" and src.get("unit", "line") not in TEXT_UNITS:
+        raise ConfigError(f"{where}.unit = {src['unit']!r} is invalid: expected one of {TEXT_UNITS}")
+    if "field" in src and src["field"] is not None and not isinstance(src["field"], str):
+        raise ConfigError(f"{where}.field = {src['field']!r} is invalid: expected a field name")
+    if "file_ids" in allowed:
+        _check_file_ids(where, src)
+
+
+def _check_file_ids(where: str, src: Mapping[str, Any]) -> None:
+    """``file_ids`` is a [start, stop) pair, given exactly when a path has a {file_id} template."""
+    ids = src.get("file_ids")
+    specs = [s for split in DATA_SPLITS for s in ([src.get(split)] if isinstance(src.get(split), str)
+                                                  else list(src.get(split) or ()))]
+    templated = any(FILE_ID in str(s) for s in specs)
+    if ids is None:
+        if templated:
+            raise ConfigError(f"{where} has a {{file_id}} path but no 'file_ids': [start, stop]")
+        return
+    if (not isinstance(ids, (list, tuple)) or len(ids) != 2
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+            or not 0 <= ids[0] < ids[1]):
+        raise ConfigError(f"{where}.file_ids = {ids!r} is invalid: expected [start, stop] with "
+                          "0 <= start < stop")
+    if not templated:
+        raise ConfigError(f"{where}.file_ids is set but no path has a {{file_id}} template")
+
+
+def parse_rules(text: str) -> dict[str, tuple[str, ...] | None]:
+    """``"activation_embed=tensor,mlp=fsdp+tensor,vocab="`` -> overrides (empty = replicated).
+
+    Raises ``ValueError`` naming the bad entry; ``MeshConfig.validate`` makes it a ``ConfigError``.
+    """
+    overrides: dict[str, tuple[str, ...] | None] = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        name, sep, axes_text = entry.partition("=")
+        name = name.strip()
+        if not sep or name not in DEFAULT_RULES:
+            raise ValueError(f"{entry!r} is not name=axes with a known logical axis name "
+                             f"({', '.join(DEFAULT_RULES)})")
+        axes = tuple(a.strip() for a in axes_text.split("+") if a.strip())
+        unknown = [a for a in axes if a not in AXES]
+        if unknown or len(set(axes)) != len(axes):
+            raise ValueError(f"{entry!r}: mesh axes must be distinct names among {', '.join(AXES)} "
+                             "joined by '+' (or nothing, for replicated)")
+        overrides[name] = axes or None
+    return overrides
+
+
+def rules_from_config(mesh_config: MeshConfig) -> Rules:
+    """``DEFAULT_RULES`` with the config's ``mesh.rules`` overrides applied."""
+    return {**DEFAULT_RULES, **parse_rules(mesh_config.rules)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,10 +185,8 @@ class ModelConfig:
                     "num_query_heads / num_kv_heads lists"
                 )
 
-    def layer_shapes(self):
-        """Per-layer (q_heads, kv_heads, ffn_dim), see ``elm_jax.model.scaling``."""
-        from elm_jax.model.scaling import layer_shapes
-
+    def layer_shapes(self) -> tuple[LayerShape, ...]:
+        """Per-layer (q_heads, kv_heads, ffn_dim), see ``elm_jax.scaling``."""
         return layer_shapes(
             num_layers=self.num_layers, model_dim=self.model_dim, head_dim=self.head_dim,
             num_gqa_groups=self.num_gqa_groups, qkv_multipliers=self.qkv_multipliers,
@@ -130,7 +203,7 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where tokens come from and how documents become rows (REFERENCE.md section 2)."""
+    """Where tokens come from and how documents become rows (docs/OPENELM.md, "Pretraining")."""
 
     sources: tuple[Mapping[str, Any], ...] = ({"kind": "shakespeare", "weight": 1.0},)
     tokenizer: str = "shakespeare"  # path to a SentencePiece model, or "shakespeare"
@@ -147,6 +220,8 @@ class DataConfig:
     num_workers: int = 0
     tokenizer_threads: int = 1
     cache_dir: str | None = None  # None: $ELM_JAX_CACHE or $XDG_CACHE_HOME/elm_jax
+    data_root: str = ""  # relative source paths are taken from here ("": the working directory)
+    nfc_normalize: bool = False  # Unicode NFC before the character filter and tokenization (CoreNet)
 
     def validate(self) -> None:
         if not self.sources:
@@ -156,8 +231,6 @@ class DataConfig:
             _choice(f"data.sources[{i}].kind", kind, SOURCE_KINDS)
             if float(src.get("weight", 1.0)) <= 0:
                 _fail(f"data.sources[{i}].weight", src.get("weight"), "a positive mixture weight")
-            from elm_jax.data.sources import check_source  # the keys each source kind takes
-
             check_source(i, src)
         for name in ("seq_len", "words_per_piece", "tokenizer_vocab_size", "tokenizer_threads"):
             _positive(f"data.{name}", getattr(self, name))
@@ -199,6 +272,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     keep_every: int = 0  # 0: no permanent checkpoints
     sample_lines: int = 3
+    # Resume with the data stream from its beginning instead of the checkpoint's position (e.g.
+    # when a step's data-iterator state is lost); a checkpoint without it is otherwise skipped.
+    restart_data_stream: bool = False
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "peak_lr", "cosine_period", "log_every", "eval_every",
@@ -254,8 +330,6 @@ class MeshConfig:
         if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
             _fail("mesh", dict(data=self.data, fsdp=self.fsdp, tensor=self.tensor),
                   "positive axis sizes with at most one -1 (= the remaining devices)")
-        from elm_jax.parallel.rules import parse_rules
-
         try:
             parse_rules(self.rules)
         except ValueError as err:
@@ -330,8 +404,6 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "mes
 
 def _convert(field: str, value: Any, annotation: Any) -> Any:
     """Coerce one ConfigDict value to the dataclass field's declared type, or fail clearly."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, vars(typing) | {"Mapping": Mapping, "Any": Any})  # noqa: S307
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -372,14 +444,14 @@ def _convert(field: str, value: Any, annotation: Any) -> Any:
 
 
 def _section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(
             f"unknown config field(s) {', '.join(f'{name}.{u}' for u in unknown)}; "
             f"known fields: {', '.join(sorted(fields))}"
         )
-    kwargs = {k: _convert(f"{name}.{k}", v, fields[k].type) for k, v in values.items()}
+    kwargs = {k: _convert(f"{name}.{k}", v, fields[k]) for k, v in values.items()}
     return cls(**kwargs)
 
 
@@ -399,8 +471,6 @@ def from_config_dict(cd: ml_collections.ConfigDict | Mapping[str, Any]) -> Confi
 
 def to_config_dict(config: Config) -> ml_collections.ConfigDict:
     """The inverse of ``from_config_dict`` (stored next to checkpoints and HF exports)."""
-    import ml_collections
-
     raw = dataclasses.asdict(config)
     raw["data"]["sources"] = [dict(s) for s in config.data.sources]
     return ml_collections.ConfigDict(raw)
@@ -411,9 +481,7 @@ def default_config() -> ml_collections.ConfigDict:
     config = to_config_dict(
         Config(model=ModelConfig(), data=DataConfig(), train=TrainConfig(), mesh=MeshConfig())
     )
-    from ml_collections import config_dict
-
     # a count or "auto", in experiment files and on the command line alike
-    config.train.microbatches = config_dict.FieldReference(config.train.microbatches,
+    config.train.microbatches = ml_collections.FieldReference(config.train.microbatches,
                                                            field_type=object)
     return config

@@ -23,12 +23,13 @@ To sleep: perchance to dream: ay, there's the rub;""".splitlines()
 VOCAB = 150
 
 
-def write_tokenizer(path):
-    """Train (in well under a second) and write ``path``; returns it."""
+def write_tokenizer(path, text=TEXT, **options):
+    """Train (in well under a second) on ``text`` and write ``path``; returns it. ``options`` go
+    to the SentencePiece trainer."""
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(TEXT * 5), model_writer=model, vocab_size=VOCAB, model_type="bpe",
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, minloglevel=2)
+        sentence_iterator=iter(text * 5), model_writer=model, vocab_size=VOCAB, model_type="bpe",
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, minloglevel=2, **options)
     path.write_bytes(model.getvalue())
     return path
 
@@ -67,15 +68,15 @@ def tiny_run_config(tmp_path, **train):
 def write_run_dir(config):
     """An elm-train run directory (config.json, tokenizer.model, one orbax checkpoint at step 0)
     holding ``build(config.model, config.train.seed)``, without training."""
+    from elm_jax.checkpoint import Checkpointer
     from elm_jax.parallel.mesh import single_device_mesh
-    from elm_jax.train.checkpoint import Checkpointer
-    from elm_jax.train.loop import prepare_run_dir
+    from elm_jax.rundir import prepare_run_dir
     from elm_jax.train.step import make_train_step
 
     run_dir = prepare_run_dir(config, config.data.tokenizer)
     state = make_train_step(config, single_device_mesh()).init()
     checkpointer = Checkpointer(run_dir, config)
-    checkpointer.save(0, state)
+    checkpointer.save(0, *state.checkpoint_items())
     checkpointer.wait()
     checkpointer.close()
     return run_dir

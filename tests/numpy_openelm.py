@@ -1,4 +1,4 @@
-"""An independent NumPy OpenELM forward pass over HF-layout tensors, written from REFERENCE.md.
+"""An independent NumPy OpenELM forward pass over HF-layout tensors (docs/OPENELM.md, section 1).
 
 It shares no code with elm_jax: it reads the PyTorch-layout weights by their HF names, so it
 checks our layout, our conversion and our forward pass together.

@@ -37,9 +37,7 @@ def _main(argv: list[str]) -> None:
     print(describe(config))
 
 
-def main() -> None:
-    common.run(_main)
-
+main = common.entry(_main)
 
 if __name__ == "__main__":
     main()

@@ -6,24 +6,26 @@
 
 With ``--batch_size 1`` (the default) each completion is printed token by token as it is produced;
 larger batches print each completion when its batch is done. ``--output`` also writes one JSON
-object per prompt (prompt, completion, token counts) to a new file.
+object per prompt (prompt, completion, token counts) to a new file. On several processes
+(``--num_processes`` ..., see ``model_flags``) every process decodes and process 0 prints.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import jax
 from absl import flags
 
-from elm_jax.cli import common
+from elm_jax.cli import common, model_flags
+from elm_jax.common_types import DTYPES
+from elm_jax.errors import UsageError
+from elm_jax.infer import Sampling, check_length, generate, stream
 
-CHECKPOINT = flags.DEFINE_string("checkpoint", None, "elm-train run directory or HF OpenELM "
-                                 "directory", required=True)
-TOKENIZER = flags.DEFINE_string("tokenizer", None, "SentencePiece tokenizer.model (default: the "
-                                "one in the checkpoint directory)")
 PROMPT = flags.DEFINE_multi_string("prompt", [], "a prompt (repeatable)")
 PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "a text file with one prompt per line")
 MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "tokens to generate per prompt", lower_bound=1)
@@ -33,16 +35,12 @@ TOP_P = flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass (1 = off)")
 SEED = flags.DEFINE_integer("seed", 0, "PRNG seed for sampling")
 BATCH = flags.DEFINE_integer("batch_size", 1, "prompts decoded together (1 streams tokens)",
                              lower_bound=1)
-DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
-                          "compute dtype (default: the checkpoint's)")
-CACHE_DTYPE = flags.DEFINE_enum("cache_dtype", None, ["float32", "bfloat16", "float16"],
+CACHE_DTYPE = flags.DEFINE_enum("cache_dtype", None, list(DTYPES),
                                 "KV cache dtype (default: bfloat16 on accelerators, else compute)")
 ADD_BOS = flags.DEFINE_bool("add_bos", True, "start every prompt with the BOS token")
 STOP_AT_EOS = flags.DEFINE_bool("stop_at_eos", True, "end a completion at the EOS token")
 OUTPUT = flags.DEFINE_string("output", None, "also write the completions as JSONL to this new file")
-TENSOR = flags.DEFINE_integer("tensor_parallel", 1, "devices that split each layer's heads and "
-                             "FFN (the rest split the batch)", lower_bound=1)
-common.hyphen_aliases(TENSOR, PROMPTS_FILE, MAX_NEW, TOP_K, TOP_P, BATCH, CACHE_DTYPE, ADD_BOS,
+common.hyphen_aliases(PROMPTS_FILE, MAX_NEW, TOP_K, TOP_P, BATCH, CACHE_DTYPE, ADD_BOS,
                       STOP_AT_EOS)
 
 
@@ -52,10 +50,10 @@ def read_prompts(prompts: Sequence[str], prompts_file: str | None) -> list[str]:
     if prompts_file:
         path = Path(prompts_file)
         if not path.is_file():
-            raise common.UserError(f"--prompts_file {path} does not exist")
+            raise UsageError(f"--prompts_file {path} does not exist")
         texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not texts:
-        raise common.UserError("nothing to generate from: give --prompt \"...\" or --prompts_file")
+        raise UsageError("nothing to generate from: give --prompt \"...\" or --prompts_file")
     return texts
 
 
@@ -86,19 +84,28 @@ def _new_tokens(row: Sequence[int], prompt_len: int, max_new: int, eos: int | No
     return new[:new.index(eos)] if eos is not None and eos in new else new
 
 
+def encode_prompts(model, tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of every prompt, checked before the first one is generated: none is empty, none
+    outgrows the model's context with ``--max_new_tokens``."""
+    encoded = [list(tokenizer.encode(t, bos=ADD_BOS.value, eos=False)) for t in texts]
+    for i, (text, ids) in enumerate(zip(texts, encoded)):
+        if not ids:
+            raise UsageError(f"prompt {i + 1} ({text!r}) has no tokens to continue; give it some "
+                             "text, or drop --noadd_bos so that it starts with BOS")
+    check_length(model, max(len(ids) for ids in encoded), MAX_NEW.value)
+    return encoded
+
+
 def run_prompts(model, tokenizer, texts: list[str], *, out=sys.stdout) -> Iterator[dict]:
     """Generate for every prompt (streaming at batch size 1); yields one record per prompt."""
-    import jax
-
-    from elm_jax.infer import generate, stream
-
     eos = tokenizer.eos_id if STOP_AT_EOS.value else None
     settings = dict(temperature=TEMPERATURE.value, top_k=TOP_K.value, top_p=TOP_P.value,
                     eos_id=eos, cache_dtype=CACHE_DTYPE.value)
     key = jax.random.key(SEED.value)
+    encoded = encode_prompts(model, tokenizer, texts)
     for first in range(0, len(texts), BATCH.value):
         chunk = texts[first:first + BATCH.value]
-        ids = [list(tokenizer.encode(t, bos=ADD_BOS.value, eos=False)) for t in chunk]
+        ids = encoded[first:first + BATCH.value]
         chunk_key = jax.random.fold_in(key, first)
         if len(chunk) == 1:
             shown = TextStream(tokenizer, ids[0])
@@ -125,30 +132,20 @@ def run_prompts(model, tokenizer, texts: list[str], *, out=sys.stdout) -> Iterat
 
 def _main(argv: list[str]) -> None:
     del argv
-    from elm_jax.infer.loading import inference_mesh, load_checkpoint, load_tokenizer
-    from elm_jax.train.checkpoint import CheckpointError as RunCheckpointError
-
     texts = read_prompts(PROMPT.value, PROMPTS_FILE.value)
-    output = Path(OUTPUT.value) if OUTPUT.value else None
-    if output is not None and output.exists():
-        raise common.UserError(f"--output {output} exists; choose a new file")
-    try:
-        mesh = inference_mesh(TENSOR.value)
-        loaded = load_checkpoint(CHECKPOINT.value, dtype=DTYPE.value, mesh=mesh)
-        tokenizer = load_tokenizer(loaded, TOKENIZER.value)
-    except (ValueError, RunCheckpointError) as err:
-        raise common.UserError(str(err)) from None
-    import jax
-
-    with jax.set_mesh(mesh):
-        records = list(run_prompts(loaded.model, tokenizer, texts))
-    if output is not None:
+    Sampling(TEMPERATURE.value, TOP_K.value, TOP_P.value)  # bad settings fail before the model loads
+    output = common.new_output(OUTPUT.value)
+    opened = model_flags.open_model()
+    tokenizer = opened.tokenizer()
+    # Every process decodes (the model may span them); process 0 alone shows and writes the text.
+    with jax.set_mesh(opened.mesh), open(os.devnull, "w") as silent:
+        records = list(run_prompts(opened.loaded.model, tokenizer, texts,
+                                   out=sys.stdout if model_flags.lead() else silent))
+    if output is not None and model_flags.lead():
         common.write_new_file(output, "".join(json.dumps(r) + "\n" for r in records))
 
 
-def main() -> None:
-    common.run(_main)
-
+main = common.entry(_main)
 
 if __name__ == "__main__":
     main()

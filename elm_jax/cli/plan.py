@@ -19,6 +19,9 @@ from absl import flags
 
 from elm_jax.cli import common
 from elm_jax.config import Config
+from elm_jax.errors import UsageError
+from elm_jax.train import plan as plan_lib
+from elm_jax.train import topology as topo_lib
 
 CONFIG = common.define_config_flag(common.default_experiment("tiny"))
 TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice by its Cloud name: v5e-8, v5p-32, v6e-8")
@@ -40,9 +43,6 @@ def plan_and_report(config: Config, topology_name: str, *, slices: int = 1, mfu:
                     verify: bool = False, search_fit: bool = False,
                     **plan_kwargs) -> tuple[bool, str]:
     """(fits, report text) for ``config`` on the named slice; what ``elm-plan`` prints."""
-    from elm_jax.parallel import plan as plan_lib
-    from elm_jax.parallel import topology as topo_lib
-
     topology = topo_lib.parse(topology_name, slices)
     kwargs = dict(hbm_fraction=hbm_fraction, **plan_kwargs)
     if batch_search:
@@ -72,9 +72,9 @@ def plan_and_report(config: Config, topology_name: str, *, slices: int = 1, mfu:
 def _main(argv: list[str]) -> None:
     del argv
     if not TOPOLOGY.value:
-        raise common.UserError("--topology is required, e.g. --topology v5p-32 (see elm-plan --help)")
+        raise UsageError("--topology is required, e.g. --topology v5p-32 (see elm-plan --help)")
     if not 0 < MFU.value <= 1 or not 0 < HBM_FRACTION.value <= 1:
-        raise common.UserError("--mfu and --hbm_fraction are fractions in (0, 1]")
+        raise UsageError("--mfu and --hbm_fraction are fractions in (0, 1]")
     config = common.load_config(CONFIG)
     fits, text = plan_and_report(config, TOPOLOGY.value, slices=SLICES.value, mfu=MFU.value,
                                  hbm_fraction=HBM_FRACTION.value, batch_search=BATCH_SEARCH.value,
@@ -84,9 +84,7 @@ def _main(argv: list[str]) -> None:
     sys.exit(0 if fits else 1)
 
 
-def main() -> None:
-    common.run(_main)
-
+main = common.entry(_main)
 
 if __name__ == "__main__":
     main()

@@ -2,33 +2,32 @@
 
     elm-train                                               # experiments/tiny.py, ~5 min on 2 cores
     elm-train --config experiments/openelm_270m.py --config.train.steps=1000
+
+SIGTERM or Ctrl-C saves the step in progress and exits 0 (rerun the same command to resume); a
+second Ctrl-C aborts at once.
 """
 
 from __future__ import annotations
 
-from absl import flags
-from absl import logging as absl_logging
-
 from elm_jax.cli import common
+from elm_jax.parallel import distributed
+from elm_jax.train.loop import train
+from elm_jax.train.preemption import StopRequested, stop_at_once
 
 CONFIG = common.define_config_flag(common.default_experiment("tiny"))
 
 
 def _main(argv: list[str]) -> None:
     del argv
-    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; -v 0 brings it back
-        absl_logging.set_verbosity(absl_logging.WARNING)
     config = common.load_config(CONFIG)
-    from elm_jax.parallel import distributed
-
     distributed.initialize(config.distributed)  # before any array: join a multi-host run, if any
-    from elm_jax.train.checkpoint import CheckpointError
-    from elm_jax.train.loop import TrainingError, train
-
     try:
-        result = train(config)
-    except (TrainingError, CheckpointError) as err:
-        raise common.UserError(str(err)) from None
+        with stop_at_once():  # before and after the training steps: nothing unsaved to lose
+            result = train(config)
+    except StopRequested as stop:
+        print(f"stopped by {stop} outside the training steps (nothing unsaved was lost); rerun the "
+              "same command to resume")
+        return
     if result.preempted:
         return
     summary = f"done: step {result.step}"
@@ -41,9 +40,7 @@ def _main(argv: list[str]) -> None:
     print(summary)
 
 
-def main() -> None:
-    common.run(_main)
-
+main = common.entry(_main)
 
 if __name__ == "__main__":
     main()

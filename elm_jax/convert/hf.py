@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 from safetensors import safe_open
-from safetensors.flax import save_file
+from safetensors.flax import save as safetensors_bytes
 
-from elm_jax.config import ConfigError, ModelConfig
+from elm_jax.common_types import CONFIG_FILE
+from elm_jax.config import ModelConfig
+from elm_jax.errors import CheckpointError, ConfigError, UsageError
 from elm_jax.model import OpenELM, abstract_model
-from elm_jax.model.scaling import per_layer_multipliers
+from elm_jax.scaling import per_layer_multipliers
+from elm_jax.storage import as_path, is_uri
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -34,10 +37,6 @@ _REQUIRED_FLAGS = {
     "normalize_qk_projections": True,
     "share_input_output_layers": True,
 }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not match its config or cannot be read; names the tensor."""
 
 
 def config_from_hf(hf: Mapping[str, Any], *, dtype: str = "float32",
@@ -142,6 +141,22 @@ def _check(cfg: ModelConfig, tensors: Mapping[str, np.ndarray]) -> None:
                               f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
 
 
+def check_values(tensors: Mapping[str, np.ndarray]) -> None:
+    """Every tensor is floating point and finite: integer weights are a quantized or foreign
+    checkpoint, NaN / Inf a damaged one; either would load silently and generate garbage."""
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        if not jnp.issubdtype(tensor.dtype, jnp.floating):
+            raise CheckpointError(
+                f"tensor {name} holds {tensor.dtype} values; OpenELM weights are floating point "
+                "(float32, bfloat16, float16): is this a quantized or another model's checkpoint?")
+        finite = np.isfinite(tensor)
+        if not finite.all():
+            raise CheckpointError(
+                f"tensor {name} holds {finite.size - int(np.count_nonzero(finite))} NaN/Inf "
+                "value(s); the checkpoint is damaged: download or export it again")
+
+
 def params_from_hf(cfg: ModelConfig, tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Our nested parameter dict (as ``nnx.state`` paths) from HF tensors."""
     _check(cfg, tensors)
@@ -226,7 +241,7 @@ def _read_tensors(path: Path) -> dict[str, np.ndarray]:
     elif (path / SINGLE_FILE).exists():
         files = [SINGLE_FILE]
     else:
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"{path} holds neither {SINGLE_FILE} nor {INDEX_FILE}; point to an OpenELM "
             "checkpoint directory (e.g. a download of apple/OpenELM-270M)")
     tensors: dict[str, np.ndarray] = {}
@@ -236,7 +251,7 @@ def _read_tensors(path: Path) -> dict[str, np.ndarray]:
                 for key in f.keys():
                     tensors[key] = np.asarray(f.get_tensor(key))
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path / name} (listed in {INDEX_FILE}) is missing") from None
+            raise CheckpointError(f"{path / name} (listed in {INDEX_FILE}) is missing") from None
         except Exception as err:  # safetensors raises its own error types for corrupt files
             raise CheckpointError(f"cannot read {path / name}: {err}") from err
     return tensors
@@ -250,34 +265,45 @@ def load_hf(path: str | os.PathLike, *, dtype: str = "float32",
     the compute dtype.
     """
     path = Path(path)
-    config_file = path / "config.json"
+    config_file = path / CONFIG_FILE
     if not config_file.exists():
-        raise FileNotFoundError(f"{config_file} not found; an OpenELM checkpoint directory "
+        raise CheckpointError(f"{config_file} not found; an OpenELM checkpoint directory "
                                 "holds config.json and model.safetensors")
     tensors = _read_tensors(path)
+    check_values(tensors)
     stored = str(tensors["transformer.norm.weight"].dtype) if tensors else "float32"
     cfg = config_from_hf(json.loads(config_file.read_text()), dtype=dtype,
                          param_dtype=param_dtype or stored)
     return cfg, model_from_params(cfg, params_from_hf(cfg, tensors))
 
 
+def check_new_output(path: str | os.PathLike) -> None:
+    """Refuse an output that would replace something (checked again by ``save_hf``; callers check
+    first so that nothing is loaded or computed in vain)."""
+    path = as_path(path)
+    if path.is_file() or (path.is_dir() and any(path.iterdir())):
+        raise UsageError(f"{path} exists and is not empty; choose a new output directory "
+                         "(nothing was written)")
+
+
 def save_hf(config: ModelConfig, model: OpenELM, path: str | os.PathLike, *,
-            max_shard_bytes: int = 5 * 2**30, overwrite: bool = False) -> Path:
+            max_shard_bytes: int = 5 * 2**30, overwrite: bool = False) -> epath.Path:
     """Write ``config.json`` + safetensors (sharded with an index past ``max_shard_bytes``).
 
     Written to a temporary directory and renamed into place, so an interrupted export never
     leaves a half-written checkpoint; an existing non-empty directory is refused unless
-    ``overwrite``.
+    ``overwrite``. ``path`` may be an object-store URI (``gs://...``); files get the usual modes
+    (0755 / 0644 under the umask).
     """
-    path = Path(path)
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path} exists and is not empty; choose a new directory or "
-                              "pass overwrite=True")
+    path = as_path(path)
+    if not overwrite:
+        check_new_output(path)
     tensors = params_to_hf(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
+    tmp = path.parent / f".{path.name}.tmp{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
     try:
-        (tmp / "config.json").write_text(json.dumps(hf_config(config), indent=2))
+        (tmp / CONFIG_FILE).write_text(json.dumps(hf_config(config), indent=2))
         shards: list[dict[str, np.ndarray]] = [{}]
         size = 0
         for name in sorted(tensors):
@@ -288,21 +314,33 @@ def save_hf(config: ModelConfig, model: OpenELM, path: str | os.PathLike, *,
             shards[-1][name] = tensors[name]
             size += nbytes
         meta = {"format": "pt"}
+        write = lambda shard, fname: (tmp / fname).write_bytes(  # noqa: E731
+            safetensors_bytes({k: jnp.asarray(v) for k, v in shard.items()}, meta))
         if len(shards) == 1:
-            save_file({k: jnp.asarray(v) for k, v in shards[0].items()}, tmp / SINGLE_FILE, meta)
+            write(shards[0], SINGLE_FILE)
         else:
             weight_map = {}
             for i, shard in enumerate(shards, 1):
                 fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                save_file({k: jnp.asarray(v) for k, v in shard.items()}, tmp / fname, meta)
+                write(shard, fname)
                 weight_map |= {name: fname for name in shard}
             total = sum(t.nbytes for t in tensors.values())
             (tmp / INDEX_FILE).write_text(json.dumps(
                 {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
         if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
+            path.rmtree()
+        _publish(tmp, path)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp)
+            tmp.rmtree()
     return path
+
+
+def _publish(tmp: epath.Path, path: epath.Path) -> None:
+    """Rename ``tmp`` to ``path``. Object stores cannot rename a folder: there each file is copied
+    and ``config.json`` last, so a folder without it is an unfinished export."""
+    if not is_uri(path):
+        tmp.rename(path)
+        return
+    for file in sorted(tmp.iterdir(), key=lambda f: f.name == CONFIG_FILE):
+        file.copy(path / file.name)

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from elm_jax.data import paths
-from elm_jax.data.errors import DataError
+from elm_jax.data.tokenizer import train_sentencepiece
+from elm_jax.errors import DataError
 
 if TYPE_CHECKING:
     from elm_jax.config import Config
@@ -163,8 +164,6 @@ def shakespeare_texts(split: str, cache_dir: str | None = None) -> Iterator[str]
 
 def prepare_shakespeare_tokenizer(vocab_size: int, cache_dir: str | None = None, *, log=print) -> Path:
     """Train (once) the BPE model of ``vocab_size`` pieces on the train split."""
-    from elm_jax.data.tokenizer import train_sentencepiece
-
     path = paths.shakespeare_tokenizer(vocab_size, cache_dir)
     if path.is_file():
         return path

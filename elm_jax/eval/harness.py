@@ -1,12 +1,12 @@
-"""An lm-eval-harness model backed by elm_jax (the optional ``lm_eval`` extra).
+"""An lm-eval-harness model backed by elm_jax (the optional ``lmeval`` extra).
 
     pip install "elm_jax[lmeval]"
-    lm_eval --model elm_jax --model_args checkpoint=runs/tiny --tasks arc_easy
+    elm-eval --checkpoint runs/tiny --harness --tasks arc_easy
 
-lm-eval-harness finds models only in its own registry and (as of 0.4.13) loads no plugins: the
-package's start-up hook (``elm_jax/lm_eval_hook.py``) registers ``elm_jax`` inside lm-eval's command
-line, and importing this module registers it for Python users, who call
-``lm_eval.simple_evaluate(model=ElmJaxLM(...), ...)`` or ``model="elm_jax"``.
+lm-eval-harness finds models only in its own registry and loads no plugins, so we drive it
+ourselves, as levanter does: ``elm-eval --harness`` calls ``lm_eval.simple_evaluate`` with an
+``ElmJaxLM``. Python users do the same (``simple_evaluate(model=ElmJaxLM(...), ...)``); importing
+this module also registers ``model="elm_jax"`` in lm-eval's registry for that process.
 Context / continuation splitting and empty contexts come from lm-eval's ``TemplateLM``, scoring
 and generation from ``elm_jax.eval.scoring`` and ``elm_jax.infer``.
 """
@@ -18,21 +18,27 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 from lm_eval import utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 
+from elm_jax.errors import UsageError
 from elm_jax.eval.scoring import score
 from elm_jax.eval.zeroshot import encode_text
+from elm_jax.infer import generate
+from elm_jax.infer.loading import inference_mesh, load_checkpoint, load_tokenizer
 from elm_jax.model import OpenELM
+from elm_jax.parallel import distributed
 
 
 @register_model("elm_jax")
 class ElmJaxLM(TemplateLM):
     """``model_args``: checkpoint (run or HF directory), tokenizer, add_bos_token (default True,
     as OpenELM's own evaluation), batch_size, max_length, max_gen_toks, dtype, cache_dtype, seed,
-    tensor_parallel (devices splitting each layer; the rest split the batch).
+    tensor_parallel (devices splitting each layer; the rest split the batch). Opening a checkpoint
+    joins a multi-process run first when the environment names one (``ELM_*``, SLURM, TPU VM).
     """
 
     def __init__(self, checkpoint: str | None = None, *, model: OpenELM | None = None,
@@ -44,15 +50,14 @@ class ElmJaxLM(TemplateLM):
         self.mesh = None
         if model is None:
             if checkpoint is None:
-                raise ValueError("elm_jax needs model_args checkpoint=RUN_DIR|HF_DIR")
-            from elm_jax.infer.loading import inference_mesh, load_checkpoint, load_tokenizer
-
+                raise UsageError("elm_jax needs model_args checkpoint=RUN_DIR|HF_DIR")
+            distributed.initialize()  # a multi-process run (ELM_* / SLURM / TPU VM), if any
             self.mesh = inference_mesh(int(tensor_parallel))
             loaded = load_checkpoint(checkpoint, dtype=dtype, mesh=self.mesh)
             model = loaded.model
             tokenizer = load_tokenizer(loaded, tokenizer)
         elif tokenizer is None or isinstance(tokenizer, str):
-            raise ValueError("with model= pass the tokenizer object too")
+            raise UsageError("with model= pass the tokenizer object too")
         self.model, self.tokenizer = model, tokenizer
         self.add_bos_token = add_bos_token
         self.batch_size = 16 if batch_size == "auto" else int(batch_size)
@@ -60,8 +65,6 @@ class ElmJaxLM(TemplateLM):
         self.max_gen_toks, self.cache_dtype, self.seed = int(max_gen_toks), cache_dtype, seed
 
     def _on_mesh(self) -> contextlib.AbstractContextManager:
-        import jax
-
         return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
     @property
@@ -116,10 +119,6 @@ class ElmJaxLM(TemplateLM):
 
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
         """Decode each context (batched by identical settings) and cut at the first stop string."""
-        import jax
-
-        from elm_jax.infer import generate
-
         eos_text = self.tok_decode([self.eot_token_id])
         results: list[str | None] = [None] * len(requests)
         order = sorted(range(len(requests)), key=lambda i: repr(requests[i].args[1]))

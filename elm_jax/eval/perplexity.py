@@ -21,8 +21,11 @@ import optax
 from flax import nnx
 
 from elm_jax.config import Config
+from elm_jax.data.pipeline import make_iterator
+from elm_jax.errors import DataError, UsageError
 from elm_jax.infer.sharding import process_batch
 from elm_jax.model import OpenELM
+from elm_jax.parallel import mesh as mesh_lib
 
 FIELDS = ("inputs", "targets", "loss_mask")
 OPTIONAL = ("positions", "segment_ids")
@@ -56,14 +59,14 @@ def evaluate_loss(model: OpenELM, batches: Iterable[Mapping[str, np.ndarray]], *
             break
         missing = [f for f in FIELDS if f not in batch]
         if missing:
-            raise KeyError(f"evaluation batch lacks {', '.join(missing)}; the data pipeline "
+            raise UsageError(f"evaluation batch lacks {', '.join(missing)}; the data pipeline "
                            f"yields {', '.join(FIELDS + OPTIONAL)}")
         arrays = process_batch({k: np.asarray(batch[k]) for k in FIELDS + OPTIONAL if k in batch})
         nll, n = _sums(graphdef, params, arrays)
         total, count, seen = total + nll, count + n, seen + 1
     tokens = int(count)
     if tokens == 0:
-        raise ValueError("no target tokens to evaluate: the held-out split is empty or fully "
+        raise DataError("no target tokens to evaluate: the held-out split is empty or fully "
                          "masked (check data.sources and the validation split)")
     loss = float(total) / tokens
     return LossResult(loss, math.exp(loss), tokens, seen)
@@ -77,11 +80,14 @@ def held_out_loss(model: OpenELM, config: Config, *, max_batches: int | None = N
     split (single process only: processes could see different batch counts). A fresh iterator
     each call, so every evaluation during training scores the same rows.
     """
-    from elm_jax.data.pipeline import make_iterator
-
     limit = config.train.eval_batches if max_batches is None else max_batches
     if not limit and jax.process_count() > 1:
-        raise ValueError("a whole-split evaluation needs one process; set train.eval_batches "
+        raise UsageError("a whole-split evaluation needs one process; set train.eval_batches "
                          "(or max_batches) to a positive number of batches")
-    batches = make_iterator(config, split, num_epochs=None if limit else 1)
+    index = count = None  # without a mesh: jax's process index and count
+    mesh = jax.sharding.get_mesh()
+    if not mesh.empty:  # the rows this process holds of the mesh's batches
+        index, count = mesh_lib.data_shard(mesh)
+    batches = make_iterator(config, split, num_epochs=None if limit else 1, process_index=index,
+                            process_count=count)
     return evaluate_loss(model, batches, max_batches=limit or None)

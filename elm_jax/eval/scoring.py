@@ -18,8 +18,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from elm_jax.errors import UsageError
 from elm_jax.infer.decode import bucket
-from elm_jax.infer.sharding import global_batch
+from elm_jax.infer.sharding import global_batch, to_host
 from elm_jax.model import OpenELM
 
 
@@ -41,11 +42,11 @@ def _window(context: Sequence[int], continuation: Sequence[int],
             max_length: int) -> tuple[list[int], list[int], int]:
     """Inputs and targets of one request (left-truncated to ``max_length``), and cont length."""
     if not continuation:
-        raise ValueError("a continuation must hold at least one token")
+        raise UsageError("a continuation must hold at least one token")
     if not context:
-        raise ValueError("a context must hold at least one token (e.g. BOS)")
+        raise UsageError("a context must hold at least one token (e.g. BOS)")
     if len(continuation) > max_length:
-        raise ValueError(f"continuation of {len(continuation)} tokens exceeds the model's "
+        raise UsageError(f"continuation of {len(continuation)} tokens exceeds the model's "
                          f"context of {max_length}")
     whole = [*context, *continuation][-(max_length + 1):]
     return whole[:-1], whole[1:], len(continuation)
@@ -69,7 +70,7 @@ def score(model: OpenELM, requests: Sequence[tuple[Sequence[int], Sequence[int]]
             inp, tgt, n_cont = windows[i]
             inputs[row, :len(inp)], targets[row, :len(tgt)] = inp, tgt
             mask[row, len(tgt) - n_cont:len(tgt)] = 1.0
-        logprob, greedy = jax.device_get(_score_batch(
+        logprob, greedy = to_host(_score_batch(
             graphdef, params, global_batch(inputs), global_batch(targets), global_batch(mask)))
         for row, i in enumerate(chunk):
             results[i] = Scored(float(logprob[row]), bool(greedy[row]))

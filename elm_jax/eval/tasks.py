@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from elm_jax.errors import UsageError
+
 DELIMITER = " "
 
 
@@ -104,7 +106,7 @@ TASKS = {t.name: t for t in (
 
 def get_task(name: str) -> Task:
     if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+        raise UsageError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     return TASKS[name]
 
 
@@ -112,7 +114,7 @@ def load_questions(task: Task, path: str | Path) -> list[Question]:
     """Read a JSONL file of ``task`` documents; a bad line is an error naming file and line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise UsageError(
             f"{path} not found: task {task.name} reads one JSON object per line with the fields "
             f"{', '.join(task.fields)} (its public dataset's layout, {task.split} split)")
     questions = []
@@ -123,8 +125,8 @@ def load_questions(task: Task, path: str | Path) -> list[Question]:
             try:
                 questions.append(task.build(json.loads(line)))
             except (json.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError) as err:
-                raise ValueError(f"{path}:{number}: not a {task.name} document ({err!r}); "
+                raise UsageError(f"{path}:{number}: not a {task.name} document ({err!r}); "
                                  f"expected the fields {', '.join(task.fields)}") from None
     if not questions:
-        raise ValueError(f"{path} holds no {task.name} documents")
+        raise UsageError(f"{path} holds no {task.name} documents")
     return questions

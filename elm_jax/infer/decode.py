@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from elm_jax.errors import UsageError
 from elm_jax.infer.cache import KVCache, forward_cached, init_cache
 from elm_jax.infer.sampling import Sampling, sample
-from elm_jax.infer.sharding import global_batch
+from elm_jax.infer.sharding import global_batch, to_host
 from elm_jax.model import OpenELM
 
 MIN_BUCKET = 16
@@ -65,19 +66,32 @@ def as_rows(prompt_ids: Any, prompt_lengths: Sequence[int] | None = None) -> lis
     if prompt_lengths is not None or isinstance(prompt_ids, (np.ndarray, jax.Array)):
         array = np.asarray(prompt_ids)
         if array.ndim != 2:
-            raise ValueError(f"prompt_ids must be [batch, length], got shape {array.shape}")
+            raise UsageError(f"prompt_ids must be [batch, length], got shape {array.shape}")
         lengths = [array.shape[1]] * len(array) if prompt_lengths is None else prompt_lengths
         if len(lengths) != len(array):
-            raise ValueError(f"{len(lengths)} prompt_lengths for {len(array)} prompts")
+            raise UsageError(f"{len(lengths)} prompt_lengths for {len(array)} prompts")
         rows = [row[:n] for row, n in zip(array, lengths)]
     else:
         rows = [np.asarray(row) for row in prompt_ids]
     if not rows:
-        raise ValueError("no prompts given")
+        raise UsageError("no prompts given")
     for i, row in enumerate(rows):
         if row.ndim != 1 or row.size == 0:
-            raise ValueError(f"prompt {i} must be a non-empty list of token ids (e.g. just BOS)")
+            raise UsageError(f"prompt {i} must be a non-empty list of token ids (e.g. just BOS)")
     return [row.astype(np.int32) for row in rows]
+
+
+def check_length(model: OpenELM, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Refuse (before any cache is allocated) a prompt that, with ``max_new_tokens``, outgrows the
+    model's context (``max_context_length``: the positions it was built for)."""
+    if max_new_tokens < 1:
+        raise UsageError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    context = model.cfg.max_context_length
+    if prompt_tokens + max_new_tokens > context:
+        room = (f"ask for at most {context - prompt_tokens} new tokens" if prompt_tokens < context
+                else "shorten the prompt")
+        raise UsageError(f"a prompt of {prompt_tokens} tokens plus max_new_tokens={max_new_tokens} "
+                         f"exceeds the model's context of {context} tokens; {room}")
 
 
 def pack_prompts(rows: list[np.ndarray], max_new_tokens: int, *, pad_id: int) -> Prompts:
@@ -156,21 +170,20 @@ def _request(model: OpenELM, prompt_ids: Any, max_new_tokens: int, *, temperatur
              pad_id: int | None, prompt_lengths: Sequence[int] | None,
              cache_dtype: str | None) -> tuple[_Request, DecodeState]:
     """Validate arguments, pack the prompts and run the prefill (shared by generate and stream)."""
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
     sampling = Sampling(temperature, top_k, top_p)
     if key is None:
         if not sampling.greedy:
-            raise ValueError("sampling with temperature > 0 needs an explicit PRNG key "
+            raise UsageError("sampling with temperature > 0 needs an explicit PRNG key "
                              "(key=jax.random.key(seed))")
         key = jax.random.key(0)
     eos_ids = [] if eos_id is None else [int(e) for e in np.atleast_1d(eos_id)]
     pad = pad_id if pad_id is not None else (eos_ids[0] if eos_ids else 0)
     rows = as_rows(prompt_ids, prompt_lengths)
+    check_length(model, max(len(row) for row in rows), max_new_tokens)
     vocab = model.cfg.vocab_size
     for i, row in enumerate(rows):
         if row.min() < 0 or row.max() >= vocab:
-            raise ValueError(f"prompt {i} holds token ids outside [0, {vocab}): wrong tokenizer?")
+            raise UsageError(f"prompt {i} holds token ids outside [0, {vocab}): wrong tokenizer?")
     prompts = pack_prompts(rows, max_new_tokens, pad_id=pad)
     graphdef, params = nnx.split(model)
     static = dict(graphdef=graphdef, sampling=sampling)
@@ -215,7 +228,7 @@ def generate(model: OpenELM, prompt_ids: Any, max_new_tokens: int, *, temperatur
     last = jnp.int32(request.prompts.prompt_len + max_new_tokens - 1)
     state = _decode_loop(params=request.params, state=state, last=last, **request.static)
     produced = int(state.index) - request.prompts.prompt_len + 1
-    return jnp.asarray(_unpack(request.prompts, np.asarray(state.tokens), produced,
+    return jnp.asarray(_unpack(request.prompts, to_host(state.tokens), produced,
                                max_new_tokens, int(state.pad)))
 
 
@@ -235,7 +248,7 @@ def stream(model: OpenELM, prompt_ids: Any, max_new_tokens: int, *, temperature:
     for produced in range(1, max_new_tokens + 1):
         if produced > 1:
             state = _step(params=request.params, state=state, **request.static)
-        tokens, done = jax.device_get((state.tokens[:batch, state.index], state.done[:batch]))
+        tokens, done = to_host((state.tokens[:batch, state.index], state.done[:batch]))
         yield Step(np.asarray(tokens, np.int32), np.asarray(done))
         if done.all():
             return

@@ -13,6 +13,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from elm_jax.errors import ConfigError
+
 MASKED = -jnp.inf
 
 
@@ -26,11 +28,11 @@ class Sampling:
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} must be >= 0 (0 means greedy)")
+            raise ConfigError(f"temperature={self.temperature} must be >= 0 (0 means greedy)")
         if self.top_k < 0:
-            raise ValueError(f"top_k={self.top_k} must be >= 0 (0 disables it)")
+            raise ConfigError(f"top_k={self.top_k} must be >= 0 (0 disables it)")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p} must be in (0, 1] (1 disables it)")
+            raise ConfigError(f"top_p={self.top_p} must be in (0, 1] (1 disables it)")
 
     @property
     def greedy(self) -> bool:

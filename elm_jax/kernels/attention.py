@@ -9,31 +9,33 @@
 - ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")``, NVIDIA GPUs only.
 - ``auto``: the fastest measured choice for the platform (``AUTO``; see docs/PERFORMANCE.md).
 
-A request the platform cannot serve raises ``ValueError`` naming the fix; nothing falls back
+A request the platform cannot serve raises ``ConfigError`` naming the fix; nothing falls back
 silently. The platform is the ambient mesh's device platform (``jax.set_mesh``), so AOT compiles
 for a TPU topology from a CPU host choose TPU kernels, else ``jax.default_backend()``.
 
 Under an ambient mesh the Pallas kernels run inside ``shard_map`` (Mosaic kernels cannot be
-partitioned automatically; Triton ones would be gathered onto every device): batch is split over
-the mesh's ``"data"`` and ``"fsdp"`` axes and heads over ``"tensor"``. When the head counts (or
-the batch) do not divide by those axes, that dimension is replicated for this call instead, which
-is correct but makes each device compute every head (or sequence): choose head counts that divide
-the tensor axis to avoid it.
+partitioned automatically; Triton ones would be gathered onto every device), split as the logical
+axis rules (``elm_jax.parallel.rules``, including ``mesh.rules`` overrides) lay out the model's q, k
+and v: batch by ``activation_batch``, heads by ``activation_heads`` / ``activation_kv_heads``. When
+the head counts (or the batch) do not divide by those axes, that dimension is replicated for this
+call instead, as the model replicates that layer's heads; the sequence is never split here (the
+kernel needs every earlier key).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
-from jax.sharding import PartitionSpec as P
 
+from elm_jax.common_types import ATTENTION_IMPLS, HEAD_AXES
+from elm_jax.errors import ConfigError
 from elm_jax.kernels.reference import attention_mask, xla_attention
+from elm_jax.parallel.rules import heads_divide, logical_to_spec
 
-IMPLS = ("auto", "xla", "pallas", "pallas_tpu", "pallas_gpu", "cudnn")
-BATCH_AXES = ("data", "fsdp")
-HEAD_AXIS = "tensor"
+Q_AXES = ("activation_batch", "activation_length", "activation_heads", None)
+KV_AXES = ("activation_batch", "activation_length", "activation_kv_heads", None)
+SEGMENT_AXES = ("activation_batch", "activation_length")
 
 # platform -> fastest measured implementation (docs/PERFORMANCE.md, "Attention"; bench/gpu.sh
 # prints which impl won). cpu: the kernels only interpret there. tpu: no TPU measurement yet; the
@@ -53,16 +55,17 @@ def target_platform() -> str:
 
 
 def resolve_impl(impl: str, *, platform: str, interpret: bool, dtype=None) -> str:
-    """The concrete implementation ``impl`` means here, or a ``ValueError`` that names the fix."""
-    if impl not in IMPLS:
-        raise ValueError(f"unknown attention impl {impl!r}; choose one of {', '.join(IMPLS)}")
+    """The concrete implementation ``impl`` means here, or a ``ConfigError`` that names the fix."""
+    if impl not in ATTENTION_IMPLS:
+        raise ConfigError(f"unknown attention impl {impl!r}; choose one of "
+                         f"{', '.join(ATTENTION_IMPLS)}")
     if impl == "auto":
         impl = AUTO.get(platform, "xla")
         if impl == "cudnn" and not _cudnn_serves(dtype):
             impl = "pallas_gpu"
     if impl == "pallas":
         if platform not in ("tpu", "gpu") and not interpret:
-            raise ValueError(f"attention impl 'pallas' needs a TPU or GPU, but the platform is "
+            raise ConfigError(f"attention impl 'pallas' needs a TPU or GPU, but the platform is "
                              f"{platform}; use impl='xla', or interpret=True to run the Pallas "
                              "kernels in the interpreter (slow, for testing)")
         impl = _PALLAS.get(platform, "pallas_tpu")
@@ -70,10 +73,10 @@ def resolve_impl(impl: str, *, platform: str, interpret: bool, dtype=None) -> st
     if needed and platform != needed and not (interpret and impl != "cudnn"):
         hint = ("" if impl == "cudnn" else
                 ", or interpret=True to run the kernel in the Pallas interpreter")
-        raise ValueError(f"attention impl {impl!r} runs on {needed.upper()} only, but the "
+        raise ConfigError(f"attention impl {impl!r} runs on {needed.upper()} only, but the "
                          f"platform is {platform}; use impl='auto' or 'xla'{hint}")
     if impl == "cudnn" and not _cudnn_serves(dtype):
-        raise ValueError(f"attention impl 'cudnn' needs bfloat16 or float16 inputs (got {dtype}); "
+        raise ConfigError(f"attention impl 'cudnn' needs bfloat16 or float16 inputs (got {dtype}); "
                          "use impl='pallas_gpu' or 'xla' for float32")
     return impl
 
@@ -92,20 +95,13 @@ def _cudnn_attention(q, k, v, segment_ids, causal):
 
 
 def _flash(impl: str):
+    # Each Pallas backend pulls in its platform's lowering stack (Mosaic TPU, Triton): loaded only
+    # when its kernel is asked for, so the model imports quickly on machines that never use it.
     if impl == "pallas_tpu":
         from elm_jax.kernels.flash_tpu import flash_attention_tpu
         return flash_attention_tpu
     from elm_jax.kernels.flash_gpu import flash_attention_gpu
     return flash_attention_gpu
-
-
-def _mesh_axes(mesh, names: tuple[str, ...], size: int) -> tuple[str, ...] | None:
-    """The mesh axes among ``names`` that may split a dimension of ``size``, or None to replicate."""
-    manual = set(getattr(mesh, "manual_axes", ()))
-    axes = tuple(a for a in names if a in mesh.axis_names and a not in manual)
-    if not axes or size % math.prod(mesh.shape[a] for a in axes):
-        return None
-    return axes
 
 
 def per_shard(fn, q: jax.Array, k: jax.Array, v: jax.Array,
@@ -116,14 +112,17 @@ def per_shard(fn, q: jax.Array, k: jax.Array, v: jax.Array,
         return fn(q, k, v, segment_ids)
     # Even with nothing to split (both replicated) the kernel goes inside shard_map: the
     # partitioner cannot place a Mosaic custom call by itself.
-    batch = _mesh_axes(mesh, BATCH_AXES, q.shape[0])
-    heads = _mesh_axes(mesh, (HEAD_AXIS,), math.gcd(q.shape[2], k.shape[2]))
-    spec = P(batch, None, heads, None)
+    keep_whole = ("activation_length",) + (() if heads_divide(q.shape[2], k.shape[2], mesh)
+                                           else HEAD_AXES)
+    q_spec = logical_to_spec(Q_AXES, q.shape, mesh, replicate=keep_whole)
+    kv_spec = logical_to_spec(KV_AXES, k.shape, mesh, replicate=keep_whole)
     if segment_ids is None:
         return jax.shard_map(lambda q, k, v: fn(q, k, v, None), mesh=mesh,
-                             in_specs=(spec,) * 3, out_specs=spec, check_vma=False)(q, k, v)
-    return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * 3 + (P(batch, None),),
-                         out_specs=spec, check_vma=False)(q, k, v, segment_ids)
+                             in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec,
+                             check_vma=False)(q, k, v)
+    seg_spec = logical_to_spec(SEGMENT_AXES, segment_ids.shape, mesh, replicate=keep_whole)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec),
+                         out_specs=q_spec, check_vma=False)(q, k, v, segment_ids)
 
 
 def attention(

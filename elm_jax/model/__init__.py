@@ -1,7 +1,13 @@
-"""OpenELM in Flax NNX (imports only jax and flax)."""
+"""OpenELM in Flax NNX (imports only jax and flax, and the floors below: config, kernels, rules)."""
 
-from elm_jax.model.openelm import OpenELM, abstract_model, build, flops_per_token, param_count
-from elm_jax.model.scaling import LayerShape, layer_shapes, make_divisible
+from elm_jax.model.openelm import (
+    OpenELM,
+    abstract_model,
+    abstract_params,
+    build,
+    flops_per_token,
+    param_count,
+)
 
-__all__ = ["LayerShape", "OpenELM", "abstract_model", "build", "flops_per_token",
-           "layer_shapes", "make_divisible", "param_count"]
+__all__ = ["OpenELM", "abstract_model", "abstract_params", "build", "flops_per_token",
+           "param_count"]

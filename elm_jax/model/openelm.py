@@ -19,7 +19,8 @@ from elm_jax.parallel.rules import constrain
 
 LOGITS = ("activation_batch", "activation_length", "activation_vocab")
 
-REMAT_POLICIES = {
+# the implementation of each name in common_types.REMAT_POLICIES ("none" runs the layer plainly)
+CHECKPOINT_POLICIES = {
     "full": None,  # save nothing, recompute the whole layer
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -110,7 +111,7 @@ class OpenELM(nnx.Module):
                 if policy == "none":
                     x = layer(x, positions, segment_ids)
                 else:
-                    run = nnx.remat(_run_layer, policy=REMAT_POLICIES[policy])
+                    run = nnx.remat(_run_layer, policy=CHECKPOINT_POLICIES[policy])
                     x = run(layer, x, positions, segment_ids)
         return x
 
@@ -131,10 +132,15 @@ def abstract_model(cfg: ModelConfig) -> OpenELM:
     return nnx.eval_shape(lambda: build(cfg))
 
 
+def abstract_params(cfg: ModelConfig) -> nnx.State:
+    """The parameter state as ``ShapeDtypeStruct`` variables carrying their ``logical_axes``
+    (what ``elm_jax.parallel.mesh.param_shardings`` reads)."""
+    return nnx.state(abstract_model(cfg), nnx.Param)
+
+
 def param_count(cfg: ModelConfig) -> int:
     """Number of parameters (tied embedding counted once), without allocating any."""
-    state = nnx.state(abstract_model(cfg), nnx.Param)
-    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(state))
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(abstract_params(cfg)))
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int, *, training: bool = True) -> float:

@@ -23,7 +23,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from elm_jax.config import DISTRIBUTED_MODES, ConfigError, DistributedConfig
+from elm_jax.common_types import DISTRIBUTED_MODES
+from elm_jax.config import DistributedConfig
+from elm_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

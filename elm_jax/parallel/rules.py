@@ -11,8 +11,8 @@ dimensions of one attention block (``HEAD_AXES``) are sharded together or not at
 weights and for its activations alike, so a layer whose head counts the tensor axis does not divide
 computes all its heads on every tensor shard instead of resharding between q, k and v.
 
-Kept free of the model, of orbax/grain and (until an array is constrained) of jax, so that model
-code and the config can import it.
+The table itself and the parsing of ``mesh.rules`` live below this floor (``common_types``,
+``config``); this module applies them to arrays and meshes and never imports the model.
 """
 
 from __future__ import annotations
@@ -20,69 +20,16 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-if TYPE_CHECKING:  # jax is imported where used: the config validates rules without it
-    import jax
-    from jax.sharding import PartitionSpec
+import jax
+from jax.sharding import PartitionSpec
 
-AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
-
-Rules = Mapping[str, tuple[str, ...] | None]
-
-# logical axis -> mesh axes (None: replicated). "batch" is the leading dimension of every input.
-DEFAULT_RULES: Rules = {
-    # parameters
-    "batch": BATCH_AXES,
-    "vocab": ("tensor",),
-    "embed": ("fsdp",),
-    "heads": ("tensor",),
-    "kv_heads": ("tensor",),
-    "mlp": ("tensor",),
-    "head_dim": None,
-    "norm": None,
-    # activations: batch over the data axes, the tensor-parallel dimension over "tensor", and the
-    # residual stream whole in its model dimension (every layer's input and output)
-    "activation_batch": BATCH_AXES,
-    "activation_length": None,
-    "activation_embed": None,
-    "activation_heads": ("tensor",),
-    "activation_kv_heads": ("tensor",),
-    "activation_mlp": ("tensor",),
-    "activation_vocab": ("tensor",),
-}
-HEAD_AXES = ("heads", "kv_heads", "activation_heads", "activation_kv_heads")
+from elm_jax.common_types import DEFAULT_RULES, HEAD_AXES, Rules
 
 _ACTIVE_RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar("elm_jax_rules",
                                                                       default=DEFAULT_RULES)
-
-
-def parse_rules(text: str) -> dict[str, tuple[str, ...] | None]:
-    """``"activation_embed=tensor,mlp=fsdp+tensor,vocab="`` -> overrides (empty = replicated).
-
-    Raises ``ValueError`` naming the bad entry; the config turns it into a ``ConfigError``.
-    """
-    overrides: dict[str, tuple[str, ...] | None] = {}
-    for entry in filter(None, (e.strip() for e in text.split(","))):
-        name, sep, axes_text = entry.partition("=")
-        name = name.strip()
-        if not sep or name not in DEFAULT_RULES:
-            raise ValueError(f"{entry!r} is not name=axes with a known logical axis name "
-                             f"({', '.join(DEFAULT_RULES)})")
-        axes = tuple(a.strip() for a in axes_text.split("+") if a.strip())
-        unknown = [a for a in axes if a not in AXES]
-        if unknown or len(set(axes)) != len(axes):
-            raise ValueError(f"{entry!r}: mesh axes must be distinct names among {', '.join(AXES)} "
-                             "joined by '+' (or nothing, for replicated)")
-        overrides[name] = axes or None
-    return overrides
-
-
-def rules_from_config(mesh_config: Any) -> Rules:
-    """``DEFAULT_RULES`` with the config's ``mesh.rules`` overrides applied."""
-    return {**DEFAULT_RULES, **parse_rules(getattr(mesh_config, "rules", ""))}
 
 
 @contextlib.contextmanager
@@ -99,7 +46,7 @@ def active_rules() -> Rules:
     return _ACTIVE_RULES.get()
 
 
-def _axis_size(mesh: Any, axes: tuple[str, ...]) -> int:
+def axis_size(mesh: Any, axes: tuple[str, ...]) -> int:
     return math.prod(mesh.shape[a] for a in axes)
 
 
@@ -111,8 +58,6 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], me
     Axes that are manual here (inside ``shard_map``) are skipped. ``rules`` defaults to the active
     table (:func:`use_rules`).
     """
-    from jax.sharding import PartitionSpec
-
     if len(logical_axes) != len(shape):
         raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}")
     rules = active_rules() if rules is None else rules
@@ -122,7 +67,7 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], me
     for name, size in zip(logical_axes, shape):
         axes = tuple(a for a in (rules.get(name) or ()) if a in mesh.shape and a not in used
                      and a not in manual and mesh.shape[a] > 1)
-        if name in replicate or not axes or size % _axis_size(mesh, axes):
+        if name in replicate or not axes or size % axis_size(mesh, axes):
             spec.append(None)
             continue
         used.update(axes)
@@ -133,7 +78,7 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], me
 def splits_evenly(name: str, size: int, mesh: Any, rules: Rules) -> bool:
     """Whether the mesh axes of ``name``'s rule divide ``size`` (True when it has none here)."""
     axes = tuple(a for a in (rules.get(name) or ()) if a in mesh.shape)
-    return not axes or size % _axis_size(mesh, axes) == 0
+    return not axes or size % axis_size(mesh, axes) == 0
 
 
 def heads_divide(q_heads: int, kv_heads: int, mesh: Any, rules: Rules | None = None) -> bool:
@@ -150,8 +95,6 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None], *,
     A no-op off a mesh. ``heads=(q_heads, kv_heads)`` names the attention block ``x`` belongs to,
     whose head dimensions replicate together when the tensor axis does not divide them.
     """
-    import jax
-
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or set(mesh.axis_names) <= set(getattr(mesh, "manual_axes", ())):
         return x

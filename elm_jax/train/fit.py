@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from elm_jax.config import ConfigError
-from elm_jax.parallel import plan as plan_lib
 from elm_jax.parallel.mesh import mesh_shape
+from elm_jax.train import plan as plan_lib
 
 Override = tuple[str, Any]
 

@@ -8,39 +8,33 @@ newest complete checkpoint left off (parameters, optimizer, step and data stream
 from __future__ import annotations
 
 import dataclasses
-import filecmp
-import logging
-import math
-import shutil
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
+from jax.experimental import multihost_utils
 
-from elm_jax.config import Config
-from elm_jax.model import flops_per_token
+from elm_jax import rundir
+from elm_jax.checkpoint import Checkpointer
+from elm_jax.common_types import BATCH_FIELDS
+from elm_jax.config import Config, rules_from_config
+from elm_jax.data.pipeline import make_iterator as pipeline_iterator
+from elm_jax.data.prepare import ensure_prepared
+from elm_jax.data.tokenizer import load_tokenizer
+from elm_jax.errors import TrainingError
+from elm_jax.model import abstract_params, flops_per_token
 from elm_jax.parallel import mesh as mesh_lib
-from elm_jax.train import checkpoint as ckpt_lib
-from elm_jax.train.metrics import MetricsWriter, Throughput, summarize, unigram_entropy
-from elm_jax.train.step import (
-    BATCH_FIELDS,
-    TrainState,
-    graphdef,
-    make_eval_step,
-    make_train_step,
-    microbatch_note,
-)
+from elm_jax.parallel.consensus import decided_by_process_0
+from elm_jax.runlock import RunLock
+from elm_jax.storage import as_path
+from elm_jax.train.evaluate import Evaluator, IteratorFactory, process_kwargs, training_unigram_entropy
+from elm_jax.train.metrics import MetricsWriter, Throughput, summarize
+from elm_jax.train.preemption import PreemptionGuard
+from elm_jax.train.preflight import check_run_dir_writable
+from elm_jax.train.sample import sample_lines
+from elm_jax.train.step import TrainState, make_train_step, microbatch_note
 
-log = logging.getLogger(__name__)
-
-IteratorFactory = Callable[..., Iterator[dict[str, np.ndarray]]]
 ENTROPY_TOKENS = 1_000_000  # training tokens read to estimate the unigram entropy baseline
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (NaN loss, exhausted data, a run directory of another model)."""
 
 
 @dataclasses.dataclass
@@ -57,164 +51,87 @@ class TrainResult:
     state: TrainState | None = None
 
 
-def _process_kwargs() -> dict[str, int]:
-    return {"process_index": jax.process_index(), "process_count": jax.process_count()}
+def restore_state(checkpointer: Checkpointer, abstract: TrainState,
+                  data_iterator: Any | None = None) -> TrainState | None:
+    """The newest restorable ``TrainState`` on ``abstract``'s shardings (None: no checkpoint yet);
+    ``data_iterator`` resumes where that checkpoint's stream stopped."""
+    restored = checkpointer.restore_latest(*abstract.checkpoint_items(), data_iterator)
+    return None if restored is None else TrainState.from_checkpoint_items(*restored)
 
 
-def prepare_run_dir(config: Config, tokenizer_path: str | None) -> Path:
-    """Create the run directory with ``config.json`` and ``tokenizer.model``; refuse one that holds
-    a run of a different model or tokenizer (resuming it would mix two runs)."""
-    run_dir = Path(config.train.run_dir)
-    config_file = run_dir / ckpt_lib.CONFIG_FILE
-    if config_file.exists():
-        old = ckpt_lib.read_run_config(run_dir)
-        if old.model != config.model:
-            raise TrainingError(
-                f"{run_dir} holds a run of a different model ({config_file} differs in its model "
-                "section); choose a new --config.train.run_dir or restore the original config")
-        if old.data != config.data:
-            log.warning("%s: the data config differs from the run's; the resumed data stream will "
-                        "not continue the original one", run_dir)
-    if jax.process_index() != 0:
-        return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if tokenizer_path is not None:
-        dest = run_dir / ckpt_lib.TOKENIZER_FILE
-        if dest.exists() and not filecmp.cmp(dest, tokenizer_path, shallow=False):
-            raise TrainingError(f"{dest} differs from the configured tokenizer {tokenizer_path}; "
-                                "this run directory was trained with another tokenizer")
-        if not dest.exists():
-            tmp = dest.with_name(f".{dest.name}.tmp")
-            shutil.copyfile(tokenizer_path, tmp)
-            tmp.replace(dest)
-    ckpt_lib.write_atomic(config_file, ckpt_lib.config_json(config))
-    return run_dir
+def due(step: int, every: int, total: int) -> bool:
+    """Whether a periodic action (log, eval, save) falls on ``step``: every ``every`` steps and at
+    the last one."""
+    return step % every == 0 or step == total
 
 
-class Evaluator:
-    """Held-out loss and perplexity over the first ``train.eval_batches`` validation batches (the
-    same batches at every evaluation, read once and kept on the host)."""
-
-    def __init__(self, config: Config, mesh: jax.sharding.Mesh, make_iterator: IteratorFactory,
-                 compiler_options: dict[str, Any] | None = None):
-        self.config, self.mesh, self._make_iterator = config, mesh, make_iterator
-        self._step = make_eval_step(config, mesh, compiler_options=compiler_options)
-        self._batches: list[dict[str, np.ndarray]] | None = None
-
-    def batches(self) -> list[dict[str, np.ndarray]]:
-        if self._batches is None:
-            iterator = self._make_iterator(self.config, "validation", **_process_kwargs())
-            self._batches = [batch for _, batch in zip(range(self.config.train.eval_batches), iterator)]
-            if not self._batches:
-                raise TrainingError("the validation split yielded no batch; check data.sources or "
-                                    "set train.eval_batches=0")
-        return self._batches
-
-    def __call__(self, params: Any) -> dict[str, float]:
-        sums = [self._step(params, mesh_lib.global_batch(b, self.mesh)) for b in self.batches()]
-        ce, tokens = (sum(float(jax.device_get(getattr(s, k))) for s in sums)
-                      for k in ("cross_entropy", "tokens"))
-        loss = ce / max(tokens, 1.0)
-        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 700.0))}
+def train(config: Config, **kwargs: Any) -> TrainResult:
+    """``_train`` holding the run directory's lock (process 0 holds it for all processes)."""
+    check_run_dir_writable(config.train.run_dir)
+    lock = RunLock(as_path(config.train.run_dir))
+    decided_by_process_0(lock.acquire, TrainingError)
+    try:
+        return _train(config, **kwargs)
+    finally:
+        lock.release()
 
 
-def training_unigram_entropy(config: Config, make_iterator: IteratorFactory,
-                             max_tokens: int = ENTROPY_TOKENS) -> float:
-    """Entropy of the token frequencies in (up to ``max_tokens`` of) the training stream."""
-    counts = np.zeros(config.model.vocab_size, np.int64)
-    seen = 0
-    for batch in make_iterator(config, "train", **_process_kwargs()):
-        mask = np.asarray(batch["loss_mask"]) > 0
-        counts += np.bincount(np.asarray(batch["targets"])[mask], minlength=counts.size)
-        seen += int(mask.sum())
-        if seen >= max_tokens:
-            break
-    return unigram_entropy(counts)
-
-
-def _samples(config: Config, params: Any, evaluator: Evaluator, tokenizer: Any) -> list[str]:
-    from elm_jax.train.sample import sample_tokens
-
-    rows = np.concatenate([b["inputs"] for b in evaluator.batches()])[: config.train.sample_lines]
-    prompt_len = min(8, config.data.seq_len // 4)
-    tokens = sample_tokens(graphdef(config), params, [r[:prompt_len] for r in rows],
-                           length=config.data.seq_len, new_tokens=48, seed=config.train.seed,
-                           stop_ids=(config.data.eos_id, config.data.pad_id))
-    decode = lambda ids: tokenizer.decode(ids.tolist())  # noqa: E731
-    return [f"{decode(row[:prompt_len])} >> {decode(row[prompt_len:])}".replace("\n", " / ")
-            for row in tokens]
-
-
-def _export_hf(config: Config, params: Any, run_dir: Path, step: int) -> Path | None:
-    from flax import nnx
-
-    from elm_jax.convert.hf import save_hf
-
-    path = run_dir / f"hf-step{step}"
-    if jax.process_count() > 1:  # gather the shards so process 0 can write them
-        params = jax.jit(lambda p: p, out_shardings=mesh_lib.replicated(
-            jax.tree.leaves(params)[0].sharding.mesh))(params)
-    if jax.process_index() != 0 or path.exists():
-        return path if path.exists() else None
-    return save_hf(config.model, nnx.merge(graphdef(config), params), path)
-
-
-def _default_data(config: Config) -> tuple[IteratorFactory, Any]:
-    from elm_jax.data.pipeline import make_iterator
-    from elm_jax.data.prepare import ensure_prepared
-    from elm_jax.data.tokenizer import load_tokenizer
-
-    ensure_prepared(config)
-    return make_iterator, load_tokenizer(config)
-
-
-def train(config: Config, *, make_iterator: IteratorFactory | None = None, tokenizer: Any = None,
-          mesh: jax.sharding.Mesh | None = None, export: bool = True,
-          entropy_tokens: int = ENTROPY_TOKENS, show_progress: bool | None = None,
-          compiler_options: dict[str, Any] | None = None) -> TrainResult:
+def _train(config: Config, *, make_iterator: IteratorFactory | None = None, tokenizer: Any = None,
+           mesh: jax.sharding.Mesh | None = None, export: bool = True,
+           entropy_tokens: int = ENTROPY_TOKENS, show_progress: bool | None = None,
+           compiler_options: dict[str, Any] | None = None) -> TrainResult:
     """Train ``config`` in ``config.train.run_dir``, resuming from its newest checkpoint.
 
-    ``make_iterator(config, split, process_index=, process_count=)`` defaults to
-    ``elm_jax.data.pipeline.make_iterator`` (which also supplies the tokenizer); tests pass their own.
-    ``entropy_tokens`` training tokens are read first for the unigram-entropy baseline (0: skip).
-    ``compiler_options`` go to XLA for the train and eval steps.
+    ``make_iterator(config, split, process_index=, process_count=)`` (this process's data shard,
+    ``elm_jax.parallel.mesh.data_shard``) defaults to the data pipeline
+    (which also supplies the tokenizer); tests pass their own. ``entropy_tokens`` training tokens
+    are read first for the unigram-entropy baseline (0: skip). ``compiler_options`` go to XLA for
+    the train and eval steps.
     """
     if make_iterator is None:
-        make_iterator, tokenizer = _default_data(config)
+        ensure_prepared(config)
+        make_iterator, tokenizer = pipeline_iterator, load_tokenizer(config)
     tcfg = config.train
-    run_dir = prepare_run_dir(config, getattr(tokenizer, "model_path", None))
+    tokenizer_path = getattr(tokenizer, "model_path", None)
+    decided_by_process_0(lambda: rundir.check_run_dir(config, tokenizer_path), TrainingError)
+    run_dir = as_path(tcfg.run_dir)
+    rundir.clean_stale_exports(run_dir)
     mesh = mesh or mesh_lib.make_mesh(config.mesh)
     train_step = make_train_step(config, mesh, compiler_options=compiler_options)
     evaluator = Evaluator(config, mesh, make_iterator, compiler_options)
-    checkpointer = ckpt_lib.Checkpointer(run_dir, config)
-    train_iter = make_iterator(config, "train", **_process_kwargs())
-    state = checkpointer.restore_latest(train_step.state_shapes, train_iter)
-    step = 0 if state is None else int(jax.device_get(state.step))
-    state = train_step.init() if state is None else state
+    if tcfg.eval_batches or (tokenizer is not None and tcfg.sample_lines):
+        evaluator.batches()  # read the held-out rows now: an unusable split fails before any step
+    checkpointer = Checkpointer(run_dir, config)
+    train_iter = make_iterator(config, "train", **process_kwargs(mesh))
+    restored = restore_state(checkpointer, train_step.state_shapes, train_iter)
+    state = train_step.init() if restored is None else restored
+    step = 0 if restored is None else int(jax.device_get(state.step))
     writer = MetricsWriter(run_dir, total_steps=tcfg.steps, start_step=step, show_progress=show_progress)
     say = writer.message
     say(f"{config.name}: mesh {dict(mesh.shape)} on {len(mesh.devices.flat)} "
         f"{jax.devices()[0].device_kind} device(s); run dir {run_dir}; "
         + (f"resumed at step {step}" if step else "starting from scratch"))
     say(microbatch_note(config, mesh))
-    for note in mesh_lib.sharding_report(config.model, mesh, mesh_lib.rules_from_config(config.mesh)):
+    for note in mesh_lib.sharding_report(config.model, abstract_params(config.model), mesh,
+                                         rules_from_config(config.mesh)):
         say(f"sharding: {note}")
     result = TrainResult(step=step, preempted=False)
     if entropy_tokens > 0:
-        result.unigram_entropy = training_unigram_entropy(config, make_iterator, entropy_tokens)
+        result.unigram_entropy = training_unigram_entropy(config, make_iterator, entropy_tokens,
+                                                         mesh)
         say(f"unigram entropy of the training tokens: {result.unigram_entropy:.3f} nats")
 
-    tokens_per_step = tcfg.batch_size * config.data.seq_len
-    throughput = Throughput(tokens_per_step, flops_per_token(config.model, config.data.seq_len))
+    throughput = Throughput(tcfg.batch_size * config.data.seq_len,
+                            flops_per_token(config.model, config.data.seq_len))
     pending: list[dict[str, jax.Array]] = []
     try:
-        with ckpt_lib.PreemptionGuard() as guard:
+        with PreemptionGuard() as guard:
             while step < tcfg.steps:
                 try:
                     batch = next(train_iter)
                 except StopIteration:
                     raise TrainingError(f"the training data ran out after {step} steps; add data or "
-                                        "lower train.steps") from None
+                                    "lower train.steps") from None
                 state, metrics = train_step(state, mesh_lib.global_batch(
                     {k: batch[k] for k in BATCH_FIELDS}, mesh))
                 step += 1
@@ -223,13 +140,13 @@ def train(config: Config, *, make_iterator: IteratorFactory | None = None, token
                 writer.advance()
                 if step == result.step + 1:  # the first step of this process compiled the step
                     jax.block_until_ready(metrics)
+                    rundir.record_identity(config, tokenizer_path)  # the run has started
                     say(f"step {step}: compiled and ran the first step in "
                         f"{throughput.measure()['step_time']:.1f} s")
                 preempted = guard.reached(step, checkpointer)
-                last = step == tcfg.steps or preempted
-                do_eval = tcfg.eval_batches > 0 and (step % tcfg.eval_every == 0 or step == tcfg.steps)
-                do_save = step % tcfg.save_every == 0 or last
-                if pending and (step % tcfg.log_every == 0 or do_eval or do_save):
+                do_eval = tcfg.eval_batches > 0 and due(step, tcfg.eval_every, tcfg.steps)
+                do_save = due(step, tcfg.save_every, tcfg.steps) or preempted
+                if pending and (due(step, tcfg.log_every, tcfg.steps) or do_eval or do_save):
                     record = summarize(pending) | throughput.measure()
                     pending = []
                     _check_finite(config, state, record, say)
@@ -240,7 +157,7 @@ def train(config: Config, *, make_iterator: IteratorFactory | None = None, token
                     result.val_loss = record.get("val_loss", result.val_loss)
                     writer.write(step, record)
                 if do_save:
-                    checkpointer.save(step, state, train_iter)
+                    checkpointer.save(step, *state.checkpoint_items(), train_iter)
                 if preempted:
                     checkpointer.wait()
                     say(f"preempted: saved the checkpoint of step {step} and stopped; rerun the same "
@@ -249,11 +166,14 @@ def train(config: Config, *, make_iterator: IteratorFactory | None = None, token
         checkpointer.wait()
         result.step, result.state = step, state
         if export:
-            result.hf_path = _export_hf(config, state.params, run_dir, step)
+            result.hf_path = rundir.export_hf(config, state.params, run_dir, step)
             if result.hf_path is not None:
                 say(f"exported HF weights to {result.hf_path}")
+            if jax.process_count() > 1:  # nobody exits while process 0 still writes the export
+                multihost_utils.sync_global_devices("elm_jax: HF export written")
         if tokenizer is not None and tcfg.sample_lines > 0 and jax.process_count() == 1:
-            result.samples = _samples(config, state.params, evaluator, tokenizer)
+            rows = [row for b in evaluator.batches() for row in b["inputs"]][:tcfg.sample_lines]
+            result.samples = sample_lines(config, state.params, rows, tokenizer, mesh)
             for text in result.samples:
                 say(f"sample: {text}")
         return result

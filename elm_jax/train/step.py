@@ -14,27 +14,22 @@ Parameters are a pure nested dict (``nnx.to_pure_dict`` layout, the same as
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from elm_jax.config import Config
-from elm_jax.model import abstract_model, build
+from elm_jax.common_types import BATCH_AXES, BATCH_FIELDS, Rules
+from elm_jax.config import Config, rules_from_config
+from elm_jax.model import abstract_model, abstract_params, build
 from elm_jax.parallel import mesh as mesh_lib
 from elm_jax.parallel import rules as rules_lib
 from elm_jax.train.loss import LossSums, chunked_objective, loss_sums
 from elm_jax.train.optimizer import learning_rate_schedule, make_optimizer
-
-# name -> dtype of every field of a batch (the data pipeline's contract); all [batch, seq_len].
-BATCH_FIELDS = {"inputs": np.int32, "targets": np.int32, "loss_mask": np.float32,
-                "segment_ids": np.int32, "positions": np.int32}
 
 Params = dict[str, Any]
 Batch = Mapping[str, jax.Array]
@@ -67,6 +62,16 @@ class TrainState(NamedTuple):
     skipped: jax.Array  # int32: non-finite steps whose update was dropped
     first_nonfinite: jax.Array  # int32: the first step with a NaN / Inf loss or gradient, -1 if none
 
+    def checkpoint_items(self) -> tuple[Params, dict[str, Any]]:
+        """``(params, train)``: what ``elm_jax.checkpoint.Checkpointer`` saves as two items."""
+        return self.params, {"step": self.step, "opt_state": self.opt_state,
+                             "skipped": self.skipped, "first_nonfinite": self.first_nonfinite}
+
+    @classmethod
+    def from_checkpoint_items(cls, params: Params, train: Mapping[str, Any]) -> TrainState:
+        return cls(train["step"], params, train["opt_state"], train["skipped"],
+                   train["first_nonfinite"])
+
 
 def graphdef(config: Config) -> nnx.GraphDef:
     """The model's structure without parameters (merged with a params dict inside the step)."""
@@ -94,7 +99,7 @@ def forward_objective(config: Config, gdef: nnx.GraphDef, params: Params,
 
 
 def _batch_shards(mesh: jax.sharding.Mesh) -> int:
-    return math.prod(mesh.shape[a] for a in mesh_lib.BATCH_AXES)
+    return rules_lib.axis_size(mesh, BATCH_AXES)
 
 
 def microbatch_count(config: Config, mesh: jax.sharding.Mesh) -> int:
@@ -162,7 +167,7 @@ def _split_microbatches(batch: Batch, count: int, mesh: jax.sharding.Mesh) -> di
     """
     def split(x: jax.Array) -> jax.Array:
         x = x.reshape(x.shape[0] // count, count, *x.shape[1:]).swapaxes(0, 1)
-        spec = PartitionSpec(None, mesh_lib.BATCH_AXES, *([None] * (x.ndim - 2)))
+        spec = PartitionSpec(None, BATCH_AXES, *([None] * (x.ndim - 2)))
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
     return {name: split(x) for name, x in batch.items()}
@@ -230,26 +235,27 @@ class TrainStep:
 
 
 def state_shardings(config: Config, mesh: jax.sharding.Mesh,
-                    rules: mesh_lib.Rules | None = None) -> tuple[TrainState, TrainState]:
+                    rules: Rules | None = None) -> tuple[TrainState, TrainState]:
     """(abstract state, its shardings) for ``config`` on ``mesh``, without allocating.
 
     ``rules`` default to the config's (``mesh.rules`` over ``DEFAULT_RULES``)."""
-    rules = mesh_lib.rules_from_config(config.mesh) if rules is None else rules
+    rules = rules_from_config(config.mesh) if rules is None else rules
     tx = make_optimizer(config.train)
-    param_sh = mesh_lib.param_shardings(config.model, mesh, rules)
-    abstract_params = nnx.to_pure_dict(nnx.state(abstract_model(config.model), nnx.Param))
-    abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_params)
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    params_state = abstract_params(config.model)
+    param_sh = mesh_lib.param_shardings(params_state, mesh, rules)
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          nnx.to_pure_dict(params_state))
+    abstract_opt = jax.eval_shape(tx.init, params)
     scalar = jax.ShapeDtypeStruct((), jnp.int32)
-    abstract = TrainState(scalar, abstract_params, abstract_opt, scalar, scalar)
+    abstract = TrainState(scalar, params, abstract_opt, scalar, scalar)
     rep = mesh_lib.replicated(mesh)
-    opt_sh = _opt_state_shardings(abstract_opt, abstract_params, param_sh, mesh)
+    opt_sh = _opt_state_shardings(abstract_opt, params, param_sh, mesh)
     shardings = TrainState(rep, param_sh, opt_sh, rep, rep)
     return abstract, shardings
 
 
 def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = True,
-                    rules: mesh_lib.Rules | None = None,
+                    rules: Rules | None = None,
                     compiler_options: Mapping[str, Any] | None = None) -> TrainStep:
     """The train step of ``config`` for ``mesh`` (jitted, not yet compiled).
 
@@ -259,7 +265,7 @@ def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = T
     """
     compiler_options = compiler_options_for(mesh, compiler_options)
     mesh_lib.check_batch_divides(mesh, config.train.batch_size, microbatch_count(config, mesh))
-    rules = mesh_lib.rules_from_config(config.mesh) if rules is None else rules
+    rules = rules_from_config(config.mesh) if rules is None else rules
     tx = make_optimizer(config.train)
     schedule = learning_rate_schedule(config.train)
     gdef = graphdef(config)
@@ -304,15 +310,15 @@ def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = T
 
 
 def make_eval_step(config: Config, mesh: jax.sharding.Mesh, *, batch_size: int | None = None,
-                   rules: mesh_lib.Rules | None = None,
+                   rules: Rules | None = None,
                    compiler_options: Mapping[str, Any] | None = None
                    ) -> Callable[[Params, Batch], LossSums]:
     """Jitted ``fn(params, batch) -> LossSums`` for held-out loss and perplexity."""
     compiler_options = compiler_options_for(mesh, compiler_options)
     mesh_lib.check_batch_divides(mesh, batch_size or config.train.batch_size)
-    rules = mesh_lib.rules_from_config(config.mesh) if rules is None else rules
+    rules = rules_from_config(config.mesh) if rules is None else rules
     gdef = graphdef(config)
-    param_sh = mesh_lib.param_shardings(config.model, mesh, rules)
+    param_sh = mesh_lib.param_shardings(abstract_params(config.model), mesh, rules)
     batch_sh = {name: mesh_lib.batch_sharding(mesh) for name in BATCH_FIELDS}
 
     def sums(params: Params, batch: Batch) -> LossSums:

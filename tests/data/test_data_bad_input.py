@@ -7,11 +7,10 @@ import grain
 import numpy as np
 import pytest
 
-from elm_jax.config import ConfigError
 from elm_jax.data import pipeline, stages
-from elm_jax.data.errors import DataError
 from elm_jax.data.sources import open_source
 from elm_jax.data.tokenizer import load_tokenizer
+from elm_jax.errors import ConfigError, DataError
 
 
 def make(config, split="train", **kw):
@@ -46,7 +45,7 @@ def test_everything_filtered_out_fails_up_front_with_counters(make_config, jsonl
 def test_a_stream_gone_dry_stops_instead_of_spinning(make_config, jsonl_source, documents, monkeypatch):
     monkeypatch.setattr(stages, "DRY_LIMIT", 50)
     config = make_config([jsonl_source(documents(5, words=(3, 10)))], min_chars=10_000)
-    src = open_source(0, config.data.sources[0], "train")
+    src = open_source(0, config.data.sources[0], "train", config.data.cache_dir)
     ds = stages.PiecesIterDataset(grain.MapDataset.source(src).repeat().to_iter_dataset(), source=src,
                                   tokenizer=load_tokenizer(config), words_per_piece=64, min_chars=10_000,
                                   min_tokens=0, max_tokens=None)
@@ -104,10 +103,10 @@ def test_an_enormous_document_streams_piece_by_piece(make_config, jsonl_source, 
 
 def test_indivisible_batch_and_too_few_documents(make_config, jsonl_source, documents):
     config = make_config([jsonl_source(documents(3))], batch_size=3)
-    with pytest.raises(ConfigError, match="not divisible by the 2 processes"):
+    with pytest.raises(ConfigError, match="not divisible by the 2 data shards"):
         pipeline.make_iterator(config, "train", process_index=0, process_count=2)
     config = make_config([jsonl_source(documents(3))], batch_size=4)
-    with pytest.raises(DataError, match="3 documents, fewer than the 4 processes"):
+    with pytest.raises(DataError, match="3 documents, fewer than the 4 data shards"):
         pipeline.make_iterator(config, "train", process_index=0, process_count=4)
     assert np.all(next(make(config))["segment_ids"] >= 0)
 

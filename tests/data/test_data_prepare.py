@@ -7,7 +7,7 @@ import pytest
 
 from elm_jax.config import from_config_dict
 from elm_jax.data import pipeline, prepare
-from elm_jax.data.errors import DataError
+from elm_jax.errors import DataError
 
 
 def test_split_work_cuts_scenes_and_sonnets():

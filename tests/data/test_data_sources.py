@@ -2,8 +2,9 @@
 
 import pytest
 
-from elm_jax.config import ConfigError, default_config, from_config_dict
+from elm_jax.config import default_config, from_config_dict
 from elm_jax.data import pipeline, prepare
+from elm_jax.errors import ConfigError
 
 
 def texts_of(config, split="train"):

@@ -4,8 +4,8 @@ import pickle
 
 import pytest
 
-from elm_jax.data.errors import DataError
 from elm_jax.data.tokenizer import Tokenizer, check_compatible, load_tokenizer
+from elm_jax.errors import DataError
 
 
 def test_llama_conventions_and_round_trip(spm_model):

@@ -1,10 +1,6 @@
-"""``elm-eval`` on a run directory and stock ``lm_eval --model elm_jax`` on an HF directory."""
+"""``elm-eval`` on a run directory, and with ``--harness`` (lm-eval-harness) on an HF directory."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from cli_helpers import VOCAB, run_module, tiny_run_config, write_run_dir, write_tokenizer
@@ -45,6 +41,7 @@ def test_elm_eval_on_a_run_directory_reports_perplexity_and_tasks(checkpoint, tm
             f"--output={result_file}"]
     out = run_module("elm_jax.cli.eval", *args)
     assert out.returncode == 0, out.stderr
+    assert f"loaded step 0 of {run_dir}\n" in out.stderr  # the step it read, not on stdout
 
     loaded = load_checkpoint(run_dir)
     assert loaded.config == config
@@ -60,17 +57,9 @@ def test_elm_eval_on_a_run_directory_reports_perplexity_and_tasks(checkpoint, tm
     assert again.returncode == 2 and "exists" in again.stderr  # results are never overwritten
 
 
-def lm_eval_command(how: str) -> list[str]:
-    """lm-eval's own entry points: its console script, or ``python -m lm_eval``."""
-    if how == "script":
-        return [str(Path(sys.executable).with_name("lm_eval"))]
-    return [sys.executable, "-m", "lm_eval"]
-
-
-@pytest.mark.parametrize("how", ["script", "module"])
-def test_stock_lm_eval_command_line_finds_the_elm_jax_model(checkpoint, tmp_path, how):
-    """Needs the package installed (``pip install -e ".[lmeval]"``): its ``.pth`` hook registers
-    the model with lm-eval at start-up, since lm-eval loads no plugins itself."""
+def test_elm_eval_harness_runs_lm_eval_tasks_on_our_model(checkpoint, tmp_path):
+    """``elm-eval --harness``: lm-eval-harness's own task machinery (a local YAML task here, as no
+    dataset can be downloaded) scores our model; its accuracy equals our own zero-shot scoring."""
     path, tokenizer, data = checkpoint
     tasks = tmp_path / "tasks"
     tasks.mkdir()
@@ -80,16 +69,18 @@ def test_stock_lm_eval_command_line_finds_the_elm_jax_model(checkpoint, tmp_path
         "validation_split: validation\ndoc_to_text: \"Question: {{goal}}\\nAnswer:\"\n"
         "doc_to_target: label\ndoc_to_choice: \"{{[sol1, sol2]}}\"\n"
         "metric_list:\n  - metric: acc\n  - metric: acc_norm\n")
-    out_dir = tmp_path / "lm_eval_out"
-    args = ["--model", "elm_jax", "--model_args", f"checkpoint={path},tokenizer={tokenizer}",
-            "--batch_size", "4", "--tasks", "tiny_piqa", "--include_path", str(tasks),
-            "--output_path", str(out_dir)]
-    out = subprocess.run(lm_eval_command(how) + args, capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=tmp_path)
+    result_file = tmp_path / "harness.json"
+    out = run_module("elm_jax.cli.eval", f"--checkpoint={path}", f"--tokenizer={tokenizer}",
+                     "--harness", "--tasks=tiny_piqa", f"--include_path={tasks}",
+                     "--batch_size=4", f"--output={result_file}")
     assert out.returncode == 0, out.stderr[-3000:]
-    (result_file,) = out_dir.rglob("results_*.json")
+    assert "tiny_piqa" in out.stdout  # lm-eval's results table
     theirs = json.loads(result_file.read_text())["results"]["tiny_piqa"]
     _, model = load_hf(path)
     (ours,) = evaluate_tasks(model, Tokenizer(tokenizer), ["piqa"], data)
     assert theirs["acc,none"] == pytest.approx(ours.metrics["acc"])
     assert theirs["acc_norm,none"] == pytest.approx(ours.metrics["acc_norm"])
+    unknown = run_module("elm_jax.cli.eval", f"--checkpoint={path}", f"--tokenizer={tokenizer}",
+                         "--harness", "--tasks=no_such_task")
+    assert unknown.returncode == 2 and "no_such_task" in unknown.stderr
+    assert len(unknown.stderr.strip().splitlines()) == 1

@@ -9,6 +9,7 @@ import pytest
 from scipy.special import log_softmax
 
 from elm_jax.config import MeshConfig
+from elm_jax.errors import UsageError
 from elm_jax.eval.perplexity import evaluate_loss
 from elm_jax.infer.loading import place
 from elm_jax.parallel.mesh import make_mesh
@@ -63,7 +64,7 @@ def test_sharded_over_the_data_axes_gives_the_same_loss(tiny_hf):
 def test_empty_or_malformed_input_is_refused(tiny_hf):
     with pytest.raises(ValueError, match="no target tokens"):
         evaluate_loss(tiny_hf[0], [])
-    with pytest.raises(KeyError, match="loss_mask"):
+    with pytest.raises(UsageError, match="loss_mask"):
         evaluate_loss(tiny_hf[0], [{"inputs": np.zeros((1, 4), np.int32),
                                     "targets": np.zeros((1, 4), np.int32)}])
 

@@ -2,6 +2,7 @@
 
 import pytest
 
+from elm_jax.errors import UsageError
 from elm_jax.eval.tasks import TASKS, get_task
 
 
@@ -62,5 +63,5 @@ def test_winogrande_partial_scoring():
 def test_the_paper_tasks_are_all_there():
     assert set(TASKS) == {"arc_easy", "arc_challenge", "boolq", "hellaswag", "piqa", "sciq",
                           "winogrande"}
-    with pytest.raises(KeyError, match="unknown task 'lambada'"):
+    with pytest.raises(UsageError, match="unknown task 'lambada'"):
         get_task("lambada")

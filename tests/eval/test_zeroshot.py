@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 from tiny_lm import reference_logprob
 
+from elm_jax.errors import UsageError
 from elm_jax.eval.scoring import score
 from elm_jax.eval.tasks import Question
 from elm_jax.eval.zeroshot import choose, encode_pair, evaluate_questions, evaluate_tasks
@@ -107,9 +108,9 @@ def test_winogrande_scores_only_the_shared_continuation(tiny_hf, tokenizer):
 
 
 def test_missing_data_and_unknown_tasks_are_clear(tiny_hf, tokenizer, tmp_path):
-    with pytest.raises(KeyError, match="known tasks"):
+    with pytest.raises(UsageError, match="known tasks"):
         list(evaluate_tasks(tiny_hf[0], tokenizer, ["arc_easy", "mmlu"], tmp_path))
-    with pytest.raises(FileNotFoundError, match="goal, sol1, sol2, label"):
+    with pytest.raises(UsageError, match="goal, sol1, sol2, label"):
         list(evaluate_tasks(tiny_hf[0], tokenizer, ["piqa"], tmp_path))
     (tmp_path / "piqa.jsonl").write_text('{"goal": "x", "sol1": "a", "sol2": "b", "label": 0}\n'
                                          '{"goal": "y"}\n')

@@ -14,7 +14,7 @@ from elm_jax.convert.hf import load_hf
 from elm_jax.model import build, flops_per_token, param_count
 from elm_jax.presets import SIZES
 
-PUBLISHED = {  # REFERENCE.md: total parameters at vocab 32000 and 32128
+PUBLISHED = {  # docs/OPENELM.md: total parameters at vocab 32000 and 32128
     "270m": (271_527_168, 271_691_008),
     "450m": (457_179_136, 457_375_744),
     "1_1b": (1_079_891_456, 1_080_153_600),

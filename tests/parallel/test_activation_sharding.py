@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from multiprocess_worker import small_config
 
-from elm_jax.config import ConfigError, MeshConfig
+from elm_jax.config import MeshConfig, rules_from_config
+from elm_jax.errors import ConfigError
 from elm_jax.model.layers import Q_HEADS, RESIDUAL
 from elm_jax.parallel import mesh as mesh_lib
-from elm_jax.parallel.rules import constrain, rules_from_config, use_rules
+from elm_jax.parallel.rules import constrain, use_rules
 from elm_jax.train.step import make_train_step
 
 BATCH = ("data", "fsdp")

@@ -3,7 +3,8 @@
 import pytest
 from localhost import base_env, free_port, run_processes
 
-from elm_jax.config import ConfigError, DistributedConfig, default_config, from_config_dict
+from elm_jax.config import DistributedConfig, default_config, from_config_dict
+from elm_jax.errors import ConfigError
 from elm_jax.parallel.distributed import initialize, resolve, slurm_tasks_per_node
 
 SLURM_STEP = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "gpu[007-008]", "SLURM_NTASKS": "16",

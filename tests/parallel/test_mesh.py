@@ -5,16 +5,18 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from elm_jax.config import ConfigError, MeshConfig, ModelConfig
+from elm_jax.config import MeshConfig, ModelConfig
+from elm_jax.errors import ConfigError
+from elm_jax.model import abstract_params
 from elm_jax.parallel.mesh import (
     check_batch_divides,
     global_batch,
-    logical_to_spec,
     make_mesh,
     mesh_shape,
     param_specs,
     sharding_report,
 )
+from elm_jax.parallel.rules import logical_to_spec
 
 # 3 layers with (query, kv) heads (4, 2), (6, 3), (8, 4) and FFN widths 32, 96, 128
 MODEL = ModelConfig(vocab_size=64, num_layers=3, model_dim=64, head_dim=8, num_gqa_groups=2,
@@ -53,7 +55,7 @@ def test_make_mesh_axes_and_devices():
 def test_fsdp_plus_tensor_rules_per_layer():
     """mesh (1, 2, 4): embed dims over fsdp; heads over tensor only in the layer whose query AND kv
     head counts 4 divides (layer 2); the other layers keep their attention heads replicated."""
-    specs = param_specs(MODEL, make_mesh(MeshConfig(1, 2, 4)))
+    specs = param_specs(abstract_params(MODEL), make_mesh(MeshConfig(1, 2, 4)))
     assert specs["embed"] == P("tensor", "fsdp")  # vocab 64 over tensor, embed over fsdp
     assert specs["norm"]["weight"] == P(None)
     layer = [specs["layers"][i] for i in range(3)]
@@ -68,19 +70,19 @@ def test_fsdp_plus_tensor_rules_per_layer():
         assert layer[i]["ffn"]["gate"] == P("fsdp", "tensor")
         assert layer[i]["ffn"]["down"] == P("tensor", "fsdp")
         assert layer[i]["attn"]["q_norm"]["weight"] == P(None)
-    report = sharding_report(MODEL, make_mesh(MeshConfig(1, 2, 4)))
+    report = sharding_report(MODEL, abstract_params(MODEL), make_mesh(MeshConfig(1, 2, 4)))
     assert len(report) == 2 and "layers/0/attn (4 query / 2 kv heads)" in report[0]
     assert "layers/1/attn (6 query / 3 kv heads)" in report[1]
 
 
 def test_tensor_two_replicates_only_the_odd_kv_layer():
-    specs = param_specs(MODEL, make_mesh(MeshConfig(4, 1, 2)))
+    specs = param_specs(abstract_params(MODEL), make_mesh(MeshConfig(4, 1, 2)))
     assert [specs["layers"][i]["attn"]["k_proj"] for i in range(3)] == \
         [P(None, "tensor", None), P(None, None, None), P(None, "tensor", None)]
 
 
 def test_pure_data_parallel_replicates_every_parameter():
-    specs = param_specs(MODEL, make_mesh(MeshConfig(-1, 1, 1)))
+    specs = param_specs(abstract_params(MODEL), make_mesh(MeshConfig(-1, 1, 1)))
     assert all(all(a is None for a in s) for s in jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P)))
 
 

@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from elm_jax.config import ConfigError
-from elm_jax.parallel import topology
+from elm_jax.errors import ConfigError
 from elm_jax.parallel.multislice import hybrid_mesh, num_slices
+from elm_jax.train import topology
 
 AXES = ("data", "fsdp", "tensor")
 

@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from elm_jax.parallel import topology
+from elm_jax.train import topology
 from elm_jax.train.buffers import array_bytes, compile_with_buffers, describe, on_chip_memory
 
 

@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 from synthetic import make_iterator
 
+from elm_jax.checkpoint import Checkpointer
 from elm_jax.config import MeshConfig
+from elm_jax.errors import CheckpointError
+from elm_jax.model import abstract_params
 from elm_jax.parallel.mesh import make_mesh, param_specs
-from elm_jax.train.checkpoint import Checkpointer, CheckpointError
+from elm_jax.train.loop import restore_state
 from elm_jax.train.step import state_shardings
 
 
@@ -39,7 +42,7 @@ def test_truncated_last_checkpoint_is_skipped_with_a_warning(trained_run, tmp_pa
     iterator = make_iterator(config, "train")
     ckpt = Checkpointer(run_dir, config)
     with caplog.at_level(logging.WARNING):
-        state = ckpt.restore_latest(abstract_state(config, make_mesh(config.mesh, jax.devices()[:1])),
+        state = restore_state(ckpt, abstract_state(config, make_mesh(config.mesh, jax.devices()[:1])),
                                     iterator)
     ckpt.close()
     assert int(state.step) == 4
@@ -54,9 +57,9 @@ def test_restore_reshards_onto_another_mesh(trained_run, shape):
     config, result = trained_run
     mesh = make_mesh(MeshConfig(*shape))
     ckpt = Checkpointer(result.hf_path.parent, config, read_only=True)
-    state = ckpt.restore_latest(abstract_state(config, mesh))
+    state = restore_state(ckpt, abstract_state(config, mesh))
     ckpt.close()
-    specs = param_specs(config.model, mesh)
+    specs = param_specs(abstract_params(config.model), mesh)
     for (path, got), want, spec in zip(jax.tree_util.tree_flatten_with_path(state.params)[0],
                                        jax.tree.leaves(result.state.params), jax.tree.leaves(
                                            specs, is_leaf=lambda x: isinstance(x, jax.P))):
@@ -73,7 +76,7 @@ def test_data_state_of_another_process_count_is_refused(trained_run, tmp_path):
         (data / "process_0-of-1.json").rename(data / "process_0-of-2.json")
     ckpt = Checkpointer(run_dir, config)
     with pytest.raises(CheckpointError, match="2 process.*this run has 1"):
-        ckpt.restore_latest(abstract_state(config, make_mesh(config.mesh, jax.devices()[:1])),
+        restore_state(ckpt, abstract_state(config, make_mesh(config.mesh, jax.devices()[:1])),
                             make_iterator(config, "train"))
     ckpt.close()
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["4", "8"]  # nothing moved
@@ -88,6 +91,7 @@ def test_keeps_the_last_k_and_every_mth(tmp_path):
     ckpt = Checkpointer(tmp_path, config)
     one = jax.numpy.ones(())
     for step in range(1, 10):
-        ckpt.save(step, TrainState(jax.numpy.int32(step), {"w": one * step}, (), one, one))
+        ckpt.save(step, *TrainState(jax.numpy.int32(step), {"w": one * step}, (), one, one)
+                  .checkpoint_items())
     ckpt.close()
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [4, 8, 9]

@@ -6,10 +6,10 @@ import dataclasses
 import pytest
 
 from elm_jax.config import default_config, from_config_dict
-from elm_jax.parallel import plan as plan_lib
-from elm_jax.parallel import topology
-from elm_jax.parallel.topology import GIB
 from elm_jax.train import fit as fit_lib
+from elm_jax.train import plan as plan_lib
+from elm_jax.train import topology
+from elm_jax.train.topology import GIB
 
 
 def fake_planner(monkeypatch, fits):

@@ -1,5 +1,6 @@
 """The loop end to end on the synthetic stream: run directory contents, exact in-process resume,
-export and ``load_model``, the non-finite stop, and refusing a run directory of another model."""
+export and ``load_model``, the non-finite stop, refusing a run directory of another model, and an
+empty validation split refused before the first step."""
 
 import dataclasses
 import functools
@@ -17,11 +18,12 @@ import pytest
 from flax import nnx
 from synthetic import FAST_COMPILE, make_iterator, replace_train, tiny_config
 
+from elm_jax.checkpoint import load_model
 from elm_jax.config import from_config_dict
 from elm_jax.convert.hf import load_hf
+from elm_jax.errors import DataError, TrainingError
 from elm_jax.parallel.mesh import single_device_mesh
-from elm_jax.train.checkpoint import load_model
-from elm_jax.train.loop import TrainingError, train
+from elm_jax.train.loop import train
 from elm_jax.train.step import graphdef
 
 
@@ -96,13 +98,19 @@ def test_nan_loss_skipped_when_configured(tmp_path):
     assert [r["nonfinite"] for r in records(tmp_path)] == [0, 0, 1, 0]
 
 
-def test_run_dir_of_another_model_is_refused(trained_run, tmp_path):
+@pytest.mark.parametrize("config_json", [True, False])
+def test_run_dir_of_another_model_is_refused(trained_run, tmp_path, config_json):
+    """Its checkpoints decide, through config.json or, without it, their own stored config."""
     config, result = trained_run
-    shutil.copy(result.hf_path.parent / "config.json", tmp_path / "config.json")
+    run_dir = tmp_path / "run"
+    shutil.copytree(result.hf_path.parent, run_dir, ignore=shutil.ignore_patterns("hf-*"))
+    if not config_json:
+        (run_dir / "config.json").unlink()
     other = dataclasses.replace(config, model=dataclasses.replace(config.model, model_dim=48),
-                                train=dataclasses.replace(config.train, run_dir=str(tmp_path)))
+                                train=dataclasses.replace(config.train, run_dir=str(run_dir)))
     with pytest.raises(TrainingError, match="different model"):
         run(other)
+    assert (run_dir / "config.json").exists() == config_json  # nothing rewritten
 
 
 def test_elm_convert_exports_a_run_directory(trained_run, tmp_path):
@@ -113,8 +121,23 @@ def test_elm_convert_exports_a_run_directory(trained_run, tmp_path):
          "--output", str(tmp_path / "bf16"), "--param_dtype", "bfloat16"],
         capture_output=True, text=True, cwd=root, env=os.environ | {"PYTHONPATH": str(root)})
     assert out.returncode == 0, out.stderr[-2000:]
+    assert f"loaded step 8 of {result.hf_path.parent}\n" in out.stderr  # the step it read
     cfg, model = load_hf(tmp_path / "bf16")
     assert cfg.param_dtype == "bfloat16"
     for got, want in zip(jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
                          jax.tree.leaves(result.state.params)):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want.astype(jnp.bfloat16)))
+
+
+def test_empty_validation_split_fails_before_the_first_step(tmp_path):
+    drawn = []
+
+    def no_validation(config, split, **kwargs):
+        if split == "validation":
+            return iter([])
+        return (drawn.append(split) or batch for batch in make_iterator(config, split, **kwargs))
+
+    config = tiny_config(tmp_path / "run", steps=4, eval_every=2, save_every=1)
+    with pytest.raises(DataError, match="the validation split yielded no batch"):
+        run(config, make_iterator=no_validation, entropy_tokens=0)
+    assert drawn == []  # not one training batch was read: nothing to resume that would fail again

@@ -3,9 +3,9 @@
 import pytest
 
 from elm_jax.config import from_config_dict
-from elm_jax.parallel import plan as plan_lib
-from elm_jax.parallel import topology
 from elm_jax.presets import openelm_config
+from elm_jax.train import plan as plan_lib
+from elm_jax.train import topology
 from elm_jax.train.memory import memory_bound, shard_bytes
 from elm_jax.train.step import make_train_step
 

@@ -15,7 +15,7 @@ from elm_jax.train.optimizer import decay_mask, learning_rate_schedule, make_opt
 
 
 def paper_lr(t, peak, warmup=5000, period=345_001, init=1e-6, min_ratio=0.1):
-    """REFERENCE.md section 2, verbatim."""
+    """docs/OPENELM.md, "Pretraining recipe", verbatim."""
     lo = min_ratio * peak
     if t < warmup:
         return init + t * (peak - init) / warmup
