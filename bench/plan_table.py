@@ -112,6 +112,12 @@ def _setup(result: plan_lib.Plan, first: plan_lib.Plan) -> str:
     return "preset" if not changes else "search: " + " ".join(changes)
 
 
+def _save_report(args: argparse.Namespace, size: str, slice_name: str, text: str) -> None:
+    """Keep elm-plan's full text of a cell (memory account, largest buffers) under --reports."""
+    if args.reports:
+        write_atomic(Path(args.reports) / f"{size}_{slice_name}.txt", text + "\n")
+
+
 def rows_for_cell(size: str, slice_name: str, args: argparse.Namespace) -> list[dict]:
     """The preset's row, then, when it does not fit, one row per compile of the fit search."""
     topology = topo_lib.parse(slice_name)
@@ -126,6 +132,8 @@ def rows_for_cell(size: str, slice_name: str, args: argparse.Namespace) -> list[
     except HostMemoryExceeded as err:
         return [{**base, "setup": "preset", "fits": f"not planned: {err}"}]
     rows = [{**base, "setup": "preset", **cell(first, args.mfu)}]
+    text = plan_lib.report(first, args.mfu)  # what elm-plan prints for this cell
+    _save_report(args, size, slice_name, text)
     if first.fits:
         return rows
     try:
@@ -134,6 +142,7 @@ def rows_for_cell(size: str, slice_name: str, args: argparse.Namespace) -> list[
     except HostMemoryExceeded as err:
         rows.append({**base, "setup": "search", "fits": f"not planned: {err}"})
         return rows
+    _save_report(args, size, slice_name, text + "\n" + fit_lib.fit_report(found))
     for trial in trials:
         rows.append({**base, "setup": _setup(trial, first), **cell(trial, args.mfu)})
     if found.plan is None:
@@ -196,6 +205,8 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / "docs" / "PLANNING.md"))
     p.add_argument("--max-host-gib", type=float, default=16.0,
                    help="stop a cell whose compile needs more host RAM than this")
+    p.add_argument("--reports", default="",
+                   help="directory for each cell's elm-plan report (memory account, buffers)")
     p.add_argument("--resume", action="store_true",
                    help="keep the cells already in the rows file next to --out")
     p.add_argument("--one", help=argparse.SUPPRESS)  # child mode: a pickled (config, topology)

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from elm_jax.config import ConfigError
+from elm_jax.errors import ConfigError
 from elm_jax.parallel.mesh import mesh_shape
 from elm_jax.train import plan as plan_lib
 

@@ -46,7 +46,7 @@ def test_tiny_compiles_for_a_small_slice_and_fits():
     assert 0.8 <= result.compiled_flops / model_per_chip < 1.5
     text = plan_lib.report(result, mfu=0.5)
     assert "verdict: FITS" in text and "temporaries" in text and "attention: pallas_tpu" in text
-    assert "16 sequences per chip: 1 microbatch(es) of 4 sequences per chip" in text
+    assert "(4 sequences per chip: 1 microbatch(es) of 4 sequences per chip)" in text
     # The memory account: the floor's terms, XLA's temporaries against it, the peak's buffers.
     assert result.bound.held_bytes == pytest.approx(result.state_bytes + result.batch_bytes, abs=64)
     assert "memory floor per chip" in text and "XLA temporaries / floor temporaries" in text
