@@ -179,6 +179,7 @@ def markdown(rows: list[dict], args: argparse.Namespace, seconds: float, pending
         f"Generated {datetime.date.today()} with jax {jax.__version__} on {platform.machine()} "
         f"({os.cpu_count()} CPUs, shared with other jobs: the compile times vary with their load)"
         + (f"; {pending} cell(s) still to plan." if pending else "."),
+        *_not_planned(args),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -188,6 +189,12 @@ def markdown(rows: list[dict], args: argparse.Namespace, seconds: float, pending
               "<slice>` plus the row's `search:` flags; `elm-plan` prints the memory account and the "
               "largest buffers at XLA's peak for it.", ""]
     return "\n".join(lines)
+
+
+def _not_planned(args: argparse.Namespace) -> list[str]:
+    """A line naming the default cells this table leaves out (planned with ``--cells``)."""
+    left = [c for c in CELLS if c not in args.cells.split(",")]
+    return [f"Default cells not planned in this run: {', '.join(left)}."] if left else []
 
 
 def write_atomic(path: Path, text: str) -> None:

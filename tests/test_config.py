@@ -4,6 +4,7 @@ import pytest
 
 from elm_jax.config import default_config, from_config_dict
 from elm_jax.errors import ConfigError
+from elm_jax.presets import openelm_config
 
 
 def _with(section, field, value):
@@ -98,6 +99,14 @@ def test_auto_microbatches_are_the_fewest_that_fit_the_per_device_limit(batch, s
     cd.train.microbatches = "auto"
     cd.train.max_sequences_per_device = most
     assert from_config_dict(cd).train.microbatch_count(shards) == expected
+
+
+@pytest.mark.parametrize("size,chips,expected", [
+    ("270m", 8, 32),   # v5e-8: 256 per chip, at most 8 (the 270M keeps every activation) -> 32 x 8
+    ("3b", 16, 8),     # v5p-32: 128 per chip -> 8 x 16, the paper's 16 per device
+])
+def test_presets_resolve_auto_microbatches_from_their_per_device_limit(size, chips, expected):
+    assert from_config_dict(openelm_config(size)).train.microbatch_count(chips) == expected
 
 
 def test_microbatches_take_a_count_or_auto_and_nothing_else():
