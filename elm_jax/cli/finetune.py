@@ -1,0 +1,43 @@
+"""``elm-finetune``: fine-tune an HF OpenELM or an elm-train run (LoRA, DoRA, full; SFT or DPO).
+
+    elm-finetune                                   # the Shakespeare demo on runs/tiny (elm-train)
+    elm-finetune --config experiments/finetune/lora_270m.py \\
+        --config.finetune.base=OpenELM-270M --config.data.tokenizer=llama2/tokenizer.model \\
+        --config.finetune.train_file=commonsense_170k.json
+
+Resumes ``train.run_dir`` when it holds checkpoints (rerun the same command after a preemption).
+Leaves ``hf-step<N>/`` (the merged model, HF layout) and ``adapter-step<N>/`` (what was trained, for
+``elm-generate --adapter`` / ``elm-eval --adapter``) in the run directory.
+"""
+
+from __future__ import annotations
+
+from elm_jax.cli import common
+from elm_jax.finetune.run import finetune
+from elm_jax.parallel import distributed
+
+CONFIG = common.define_config_flag(common.default_experiment("finetune/shakespeare_lora"))
+
+
+def _main(argv: list[str]) -> None:
+    del argv
+    config = common.load_config(CONFIG)
+    distributed.initialize(config.distributed)  # before any array: join a multi-host run, if any
+    result = finetune(config)
+    if result.train.preempted:
+        return
+    summary = f"done: step {result.train.step}"
+    if result.train.train_loss is not None:
+        summary += f", train loss {result.train.train_loss:.3f}"
+    if result.train.val_loss is not None:
+        summary += f", validation loss {result.train.val_loss:.3f}"
+    if result.before is not None and result.after is not None:
+        summary += (f"; held-out accuracy {result.before.metrics['acc']:.3f} -> "
+                    f"{result.after.metrics['acc']:.3f}")
+    print(summary)
+
+
+main = common.entry(_main)
+
+if __name__ == "__main__":
+    main()
