@@ -92,6 +92,9 @@ def prepare(config: Config) -> Prepared:
         splits = {"train": records_lib.load(ft.train_file, ft.format)}
         if ft.validation_file:
             splits["validation"] = records_lib.load(ft.validation_file, ft.format)
+        elif config.train.eval_batches:
+            raise DataError("train.eval_batches > 0 needs finetune.validation_file; set one or "
+                            "--config.train.eval_batches=0")
     data = FinetuneData(splits, Encoder(tokenizer, _template(config, tokenizer, base)))
     check_encodes(data, config)
     return Prepared(config, base, tokenizer, data, questions)
@@ -127,8 +130,10 @@ def finetune(config: Config, *, mesh: jax.sharding.Mesh | None = None,
         return out
     run_dir = Path(config.train.run_dir)
     out.adapter_path = run_dir / f"{ADAPTER_PREFIX}{result.step}"
+    # gathered whole on every process (it is small), written by the first
+    trained = jax.jit(lambda p: p, out_shardings=mesh_lib.replicated(mesh))(result.state.params)
     if jax.process_index() == 0 and not out.adapter_path.exists():
-        save_adapter(out.adapter_path, config, jax.device_get(result.state.params))
+        save_adapter(out.adapter_path, config, jax.device_get(trained))
         log(f"saved what was trained to {out.adapter_path}")
     if prepared.questions:
         tuned = jax.jit(lambda p, f: merged(config, f["model"], p))(result.state.params,
