@@ -1,6 +1,8 @@
 """Tokens/s of the whole data pipeline against raw SentencePiece encoding of the same text.
 
-Both sides read the same documents (the configured sources' train split, Shakespeare by default):
+Both sides read the same documents (the configured sources' train split, Shakespeare by default;
+``--formats`` also writes them as Parquet and as zstd / gzip JSON lines, several files each, and
+measures the pipeline reading those, which streams them instead of reading at random):
 the raw side encodes them with ``SentencePieceProcessor.encode(texts, num_threads=N)``; the pipeline
 side (pack mode, ``N`` grain worker processes, one tokenizer thread each) cuts, filters, tokenizes,
 packs and batches them, and we count the tokens of the rows it delivers. The two alternate in timed
@@ -10,14 +12,18 @@ other processes does not distort. Filter thresholds are 0 so both sides deliver 
 (the filters still run).
 
     PYTHONPATH=. python bench/data.py [--workers 2] [--rounds 4] [--seconds 3] [--config ...]
+        [--formats source,parquet,jsonl_zst,jsonl_gz]
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import itertools
+import json
 import os
 import platform
+import tempfile
 import time
 
 import numpy as np
@@ -32,6 +38,11 @@ ROUNDS = flags.DEFINE_integer("rounds", 4, "alternating raw / pipeline rounds")
 SEQ_LEN = flags.DEFINE_integer("seq_len", 2048, "row length (the paper's)")
 WORDS = flags.DEFINE_integer("words_per_piece", 2048, "piece length in words (the paper's)")
 ROWS = flags.DEFINE_integer("rows", 8, "rows per batch")
+FORMATS = flags.DEFINE_list("formats", ["source", "parquet", "jsonl_zst"],
+                            "what the pipeline reads: the configured source itself, or its train "
+                            "documents rewritten as parquet, jsonl_zst or jsonl_gz files")
+FILES = flags.DEFINE_integer("files", 4, "files per rewritten format")
+ROW_GROUP = flags.DEFINE_integer("row_group", 64, "Parquet rows per row group")
 
 
 def cpu_seconds() -> float:
@@ -94,6 +105,33 @@ def compare(config, tok, texts: list[str], threads: int, rounds: int, seconds: f
     return raw, piped, float(np.median(ratios))
 
 
+def write_format(texts: list[str], fmt: str, directory: str) -> dict:
+    """``texts`` as ``FILES`` files of format ``fmt``; returns the data.sources entry."""
+    parts = [texts[i::FILES.value] for i in range(FILES.value)]
+    for i, part in enumerate(parts):
+        if fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.table({"content": part}), os.path.join(directory, f"part-{i}.parquet"),
+                           row_group_size=ROW_GROUP.value)
+            continue
+        lines = "".join(json.dumps({"text": t}) + "\n" for t in part).encode()
+        if fmt == "jsonl_zst":
+            import zstandard
+
+            data, suffix = zstandard.ZstdCompressor(level=3).compress(lines), "jsonl.zst"
+        elif fmt == "jsonl_gz":
+            data, suffix = gzip.compress(lines, compresslevel=6), "jsonl.gz"
+        else:
+            raise ValueError(f"unknown format {fmt!r}; choose source, parquet, jsonl_zst or jsonl_gz")
+        with open(os.path.join(directory, f"part-{i}.{suffix}"), "wb") as f:
+            f.write(data)
+    kind, pattern = ("parquet", "part-*.parquet") if fmt == "parquet" else ("jsonl", "part-*.jsonl.*")
+    return {"kind": kind, "name": fmt, "train": os.path.join(directory, pattern),
+            **({"field": "content"} if fmt == "parquet" else {})}
+
+
 def _main(argv: list[str]) -> None:
     del argv
     from elm_jax.data.pipeline import document_texts
@@ -116,6 +154,18 @@ def _main(argv: list[str]) -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible; "
           f"corpus: {len(texts)} documents, {chars / 1e6:.1f} M characters; tokenizer "
           f"{tok.vocab_size} pieces; rows {SEQ_LEN.value} tokens, pieces {WORDS.value} words")
+    with tempfile.TemporaryDirectory(prefix="elm-bench-data-") as tmp:
+        for fmt in FORMATS.value:
+            source = data
+            if fmt != "source":
+                os.makedirs(os.path.join(tmp, fmt))
+                src = write_format(texts, fmt, os.path.join(tmp, fmt))
+                source = dataclasses.replace(data, sources=(src,))
+            print(f"== pipeline reads: {fmt if fmt != 'source' else 'the configured source'}")
+            run_format(config, source, tok, texts, n)
+
+
+def run_format(config, data, tok, texts: list[str], n: int) -> None:
     for workers in (n, 0):
         threads = max(1, workers)
         cfg = dataclasses.replace(config, data=dataclasses.replace(data, num_workers=workers))

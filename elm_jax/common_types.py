@@ -66,14 +66,16 @@ FINETUNE_FORMATS = ("alpaca", "chat", "preference", "shakespeare_plays")
 # ----------------------------------------------------------------------------- data sources
 DATA_SPLITS = ("train", "validation")
 TEXT_UNITS = ("line", "file")
+FILE_ID = "{file_id"  # a path template over numbered files: "train-{file_id:05d}-05534.parquet"
 SOURCE_COMMON_KEYS = frozenset({"kind", "weight", "name"})
 # kind -> (keys it takes besides the common ones, keys it requires)
 SOURCE_KEYS: Mapping[str, tuple[frozenset[str], tuple[str, ...]]] = {
     "shakespeare": (frozenset(), ()),
     "tfds": (frozenset({"dataset", "data_dir", "field", "train", "validation"}), ("dataset",)),
-    "array_record": (frozenset({"train", "validation", "field"}), ("train",)),
-    "jsonl": (frozenset({"train", "validation", "field"}), ("train",)),
-    "text": (frozenset({"train", "validation", "unit"}), ("train",)),
+    "array_record": (frozenset({"train", "validation", "field", "file_ids"}), ("train",)),
+    "parquet": (frozenset({"train", "validation", "field", "file_ids"}), ("train",)),
+    "jsonl": (frozenset({"train", "validation", "field", "file_ids"}), ("train",)),
+    "text": (frozenset({"train", "validation", "unit", "file_ids"}), ("train",)),
 }
 SOURCE_KINDS = tuple(SOURCE_KEYS)
 

@@ -21,10 +21,12 @@ from elm_jax.common_types import (
     ADAPTERS,
     ATTENTION_IMPLS,
     AXES,
+    DATA_SPLITS,
     DEFAULT_RULES,
     DISTRIBUTED_MODES,
     DPO_LOSSES,
     DTYPES,
+    FILE_ID,
     FINETUNE_FORMATS,
     FINETUNE_METHODS,
     NONFINITE_POLICIES,
@@ -72,6 +74,27 @@ def check_source(index: int, src: Mapping[str, Any]) -> None:
         raise ConfigError(f"{where}.unit = {src['unit']!r} is invalid: expected one of {TEXT_UNITS}")
     if "field" in src and src["field"] is not None and not isinstance(src["field"], str):
         raise ConfigError(f"{where}.field = {src['field']!r} is invalid: expected a field name")
+    if "file_ids" in allowed:
+        _check_file_ids(where, src)
+
+
+def _check_file_ids(where: str, src: Mapping[str, Any]) -> None:
+    """``file_ids`` is a [start, stop) pair, given exactly when a path has a {file_id} template."""
+    ids = src.get("file_ids")
+    specs = [s for split in DATA_SPLITS for s in ([src.get(split)] if isinstance(src.get(split), str)
+                                                  else list(src.get(split) or ()))]
+    templated = any(FILE_ID in str(s) for s in specs)
+    if ids is None:
+        if templated:
+            raise ConfigError(f"{where} has a {{file_id}} path but no 'file_ids': [start, stop]")
+        return
+    if (not isinstance(ids, (list, tuple)) or len(ids) != 2
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+            or not 0 <= ids[0] < ids[1]):
+        raise ConfigError(f"{where}.file_ids = {ids!r} is invalid: expected [start, stop] with "
+                          "0 <= start < stop")
+    if not templated:
+        raise ConfigError(f"{where}.file_ids is set but no path has a {{file_id}} template")
 
 
 def parse_rules(text: str) -> dict[str, tuple[str, ...] | None]:
@@ -202,6 +225,8 @@ class DataConfig:
     num_workers: int = 0
     tokenizer_threads: int = 1
     cache_dir: str | None = None  # None: $ELM_JAX_CACHE or $XDG_CACHE_HOME/elm_jax
+    data_root: str = ""  # relative source paths are taken from here ("": the working directory)
+    nfc_normalize: bool = False  # Unicode NFC before the character filter and tokenization (CoreNet)
 
     def validate(self) -> None:
         if not self.sources:

@@ -1,7 +1,9 @@
 """The paper's four model sizes and their training recipes (docs/OPENELM.md), as config overrides.
 
-Experiment files call ``openelm_config(size)``; keeping the numbers here means the four files
-differ only in the size they name.
+Experiment files call ``openelm_config(size, arg)``; keeping the numbers here means the four files
+differ only in the size they name. ``arg`` (from ``--config=experiments/openelm_270m.py:ARG``) may
+set ``data_root=/path/to/corpora``, the directory holding the pretraining mixture
+(``elm_jax.pretraining_mixture``); ``--config.data.data_root=/path`` does the same.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import ml_collections
 
 from elm_jax.config import default_config
 from elm_jax.errors import ConfigError
+from elm_jax.pretraining_mixture import openelm_sources
 
 
 class Preset(NamedTuple):
@@ -37,10 +40,22 @@ SIZES = {
 }
 
 
-def openelm_config(size: str) -> ml_collections.ConfigDict:
+def parse_arg(arg: str | None) -> dict[str, str]:
+    """``"key=value,key=value"`` (the experiment-file argument) as a dict; known key: data_root."""
+    values = {}
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() != "data_root":
+            raise ConfigError(f"experiment argument {item!r} is invalid: expected data_root=PATH")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def openelm_config(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """The paper's pretraining setup for one size: model, data pipeline, optimiser, mesh."""
     if size not in SIZES:
         raise ConfigError(f"unknown OpenELM size {size!r}; choose one of {', '.join(SIZES)}")
+    options = parse_arg(arg)
     preset = SIZES[size]
     config = default_config()
     config.name = f"openelm_{size}"
@@ -52,6 +67,10 @@ def openelm_config(size: str) -> ml_collections.ConfigDict:
     config.model.remat_policy = "full" if preset.activation_checkpointing else "none"
     config.data.tokenizer = "tokenizer.model"  # the LLaMA-2 SentencePiece model
     config.data.pad_id = 32000
+    config.data.sources = openelm_sources()
+    config.data.data_root = options.get("data_root", "")
+    config.data.nfc_normalize = True  # CoreNet's tokenizer: enable_nfc_normalization
+    config.train.eval_batches = 0  # CoreNet trains these without a validation set (disable_val)
     config.train.peak_lr = preset.peak_lr
     config.train.run_dir = f"runs/openelm_{size}"
     if preset.fsdp:

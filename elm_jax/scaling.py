@@ -38,6 +38,8 @@ def per_layer_multipliers(multipliers: float | Sequence[float], num_layers: int)
     if isinstance(multipliers, (int, float)):
         multipliers = (float(multipliers), float(multipliers))
     values = [float(m) for m in multipliers]
+    if len(values) == 1:  # one value (e.g. --config.model.qkv_multipliers=0.75): uniform
+        values *= 2
     if len(values) == num_layers and num_layers != 2:
         return values
     if len(values) != 2:

@@ -4,5 +4,5 @@ from elm_jax.presets import openelm_config
 
 
 def get_config(arg=None):
-    del arg
-    return openelm_config("3b")
+    """``arg``: optional ``data_root=/path/to/corpora`` (see elm_jax/pretraining_mixture.py)."""
+    return openelm_config("3b", arg)

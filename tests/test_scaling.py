@@ -73,3 +73,11 @@ def test_wrong_length_lists_are_rejected():
         layer_shapes(num_layers=3, model_dim=256, head_dim=32, num_gqa_groups=4,
                      qkv_multipliers=(0.5, 1.0), ffn_multipliers=(1.0, 2.0),
                      num_query_heads=[4, 6])
+
+
+def test_a_single_multiplier_is_the_uniform_schedule():
+    """``--config.model.qkv_multipliers=0.75`` arrives as a 1-tuple: every layer gets 0.75."""
+    assert per_layer_multipliers((0.75,), 4) == [0.75] * 4
+    shapes = layer_shapes(num_layers=3, model_dim=256, head_dim=32, num_gqa_groups=2,
+                          qkv_multipliers=(1.0,), ffn_multipliers=(2.0,), ffn_dim_divisor=64)
+    assert [(s.q_heads, s.kv_heads, s.ffn_dim) for s in shapes] == [(8, 4, 512)] * 3

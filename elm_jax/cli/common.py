@@ -3,7 +3,8 @@
 Each command module defines its flags and a ``_main(argv)``, then ``main = common.entry(_main)``
 (the console script). ``entry`` runs it under absl with orbax's and absl's INFO chatter turned down
 to warnings (``--verbosity 0`` or higher brings it back), prints any ``ElmError`` as one line on
-stderr with exit status 2, and lets every other exception keep its traceback: those are bugs.
+stderr with exit status 2 (so too a ``--config`` file that cannot be loaded or an override of a
+field it lacks), and lets every other exception keep its traceback: those are bugs.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from elm_jax.cli import config_files
 from elm_jax.config import Config, from_config_dict
 from elm_jax.errors import ElmError, UsageError
 
@@ -34,17 +37,43 @@ def entry(main: Callable[[list[str]], None]) -> Callable[[], None]:
         try:
             main(argv)
         except ElmError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+            fail(str(err))
 
-    return lambda: app.run(guarded)
+    return lambda: app.run(guarded, flags_parser=parse_flags)
+
+
+def fail(message: str) -> NoReturn:
+    """A user error: ``error: message`` as one line on stderr, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def define_config_flag(default: str | None = None) -> flags.FlagHolder:
-    """``--config path.py[:arg]`` plus ``--config.section.field=value`` overrides."""
+    """``--config path.py[:arg]`` plus ``--config.section.field=value`` overrides.
+
+    ``default`` is put on the command line when it names no ``--config`` (see ``parse_flags``);
+    given to ml_collections, it would be loaded, overrides and all, while the command is imported.
+    """
+    config_files.DEFAULT_CONFIG = default
     return config_flags.DEFINE_config_file(
-        "config", default, "experiment config file: path.py or path.py:arg", lock_config=True
-    )
+        config_files.FLAG, None, "experiment config file: path.py or path.py:arg"
+        + (f" (default: {default})" if default else ""), lock_config=True)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing (and its usage errors), where a problem with the ``--config`` file or an
+    override of it is a one-line error (exit 2) instead of ml_collections' traceback."""
+    if config_files.FLAG not in flags.FLAGS:
+        return app.parse_flags_with_usage(argv)
+    argv = config_files.with_default(argv)
+    spec = config_files.config_arg(argv)
+    problem = spec and config_files.file_problem(spec)
+    if problem:
+        fail(problem)
+    try:
+        return app.parse_flags_with_usage(argv)
+    except Exception as err:  # loading the experiment file or applying an override to it
+        fail(config_files.describe_problem(err, argv))
 
 
 def default_experiment(name: str) -> str | None:
@@ -60,7 +89,10 @@ def load_config(holder: flags.FlagHolder) -> Config:
             "no --config given and no experiments/ directory next to the package; pass "
             "--config path/to/experiment.py (see experiments/ in the source tree)"
         )
-    return from_config_dict(holder.value)
+    try:
+        return from_config_dict(holder.value)
+    except OSError as err:  # ml_collections reports a file it could not read on first use
+        raise UsageError(f"--config: {str(err).strip().splitlines()[0]}") from None
 
 
 def hyphen_aliases(*holders: flags.FlagHolder) -> None:

@@ -17,7 +17,7 @@ from elm_jax.checkpoint import load_model
 from elm_jax.cli import common
 from elm_jax.common_types import DTYPES
 from elm_jax.config import ModelConfig
-from elm_jax.convert.hf import load_hf, model_from_params, save_hf
+from elm_jax.convert.hf import check_new_output, load_hf, model_from_params, save_hf
 from elm_jax.model import OpenELM, param_count
 
 INPUT = flags.DEFINE_string("input", None, "HF OpenELM directory or elm-train run directory to read",
@@ -42,6 +42,7 @@ def _load(path: str, param_dtype: str | None) -> tuple[ModelConfig, OpenELM]:
 
 def _main(argv: list[str]) -> None:
     del argv
+    check_new_output(OUTPUT.value)  # before the (possibly long) load
     cfg, model = _load(INPUT.value, DTYPE.value)
     out = save_hf(cfg, model, OUTPUT.value, max_shard_bytes=SHARD.value * 2**20)
     print(f"wrote {out}: {cfg.num_layers} layers, {param_count(cfg):,} parameters, "

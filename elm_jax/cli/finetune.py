@@ -5,8 +5,8 @@
         --config.finetune.base=OpenELM-270M --config.data.tokenizer=llama2/tokenizer.model \\
         --config.finetune.train_file=commonsense_170k.json
 
-Resumes ``train.run_dir`` when it holds checkpoints (rerun the same command after a preemption).
-Leaves ``hf-step<N>/`` (the merged model, HF layout) and ``adapter-step<N>/`` (what was trained, for
+Resumes ``train.run_dir`` when it holds checkpoints: SIGTERM or Ctrl-C saves the step in progress
+and exits 0, and the same command continues. Leaves ``hf-step<N>/`` (the merged model, HF layout) and ``adapter-step<N>/`` (what was trained, for
 ``elm-generate --adapter`` / ``elm-eval --adapter``) in the run directory.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 from elm_jax.cli import common
 from elm_jax.finetune.run import finetune
 from elm_jax.parallel import distributed
+from elm_jax.train.preemption import StopRequested, stop_at_once
 
 CONFIG = common.define_config_flag(common.default_experiment("finetune/shakespeare_lora"))
 
@@ -23,7 +24,13 @@ def _main(argv: list[str]) -> None:
     del argv
     config = common.load_config(CONFIG)
     distributed.initialize(config.distributed)  # before any array: join a multi-host run, if any
-    result = finetune(config)
+    try:
+        with stop_at_once():  # before and after the training steps: nothing unsaved to lose
+            result = finetune(config)
+    except StopRequested as stop:
+        print(f"stopped by {stop} outside the training steps (nothing unsaved was lost); rerun the "
+              "same command to resume")
+        return
     if result.train.preempted:
         return
     summary = f"done: step {result.train.step}"

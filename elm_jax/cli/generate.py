@@ -22,7 +22,7 @@ from absl import flags
 from elm_jax.cli import common, model_flags
 from elm_jax.common_types import DTYPES
 from elm_jax.errors import UsageError
-from elm_jax.infer import Sampling, generate, stream
+from elm_jax.infer import Sampling, check_length, generate, stream
 
 PROMPT = flags.DEFINE_multi_string("prompt", [], "a prompt (repeatable)")
 PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "a text file with one prompt per line")
@@ -82,15 +82,28 @@ def _new_tokens(row: Sequence[int], prompt_len: int, max_new: int, eos: int | No
     return new[:new.index(eos)] if eos is not None and eos in new else new
 
 
+def encode_prompts(model, tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of every prompt, checked before the first one is generated: none is empty, none
+    outgrows the model's context with ``--max_new_tokens``."""
+    encoded = [list(tokenizer.encode(t, bos=ADD_BOS.value, eos=False)) for t in texts]
+    for i, (text, ids) in enumerate(zip(texts, encoded)):
+        if not ids:
+            raise UsageError(f"prompt {i + 1} ({text!r}) has no tokens to continue; give it some "
+                             "text, or drop --noadd_bos so that it starts with BOS")
+    check_length(model, max(len(ids) for ids in encoded), MAX_NEW.value)
+    return encoded
+
+
 def run_prompts(model, tokenizer, texts: list[str], *, out=sys.stdout) -> Iterator[dict]:
     """Generate for every prompt (streaming at batch size 1); yields one record per prompt."""
     eos = tokenizer.eos_id if STOP_AT_EOS.value else None
     settings = dict(temperature=TEMPERATURE.value, top_k=TOP_K.value, top_p=TOP_P.value,
                     eos_id=eos, cache_dtype=CACHE_DTYPE.value)
     key = jax.random.key(SEED.value)
+    encoded = encode_prompts(model, tokenizer, texts)
     for first in range(0, len(texts), BATCH.value):
         chunk = texts[first:first + BATCH.value]
-        ids = [list(tokenizer.encode(t, bos=ADD_BOS.value, eos=False)) for t in chunk]
+        ids = encoded[first:first + BATCH.value]
         chunk_key = jax.random.fold_in(key, first)
         if len(chunk) == 1:
             shown = TextStream(tokenizer, ids[0])

@@ -140,6 +140,22 @@ def _check(cfg: ModelConfig, tensors: Mapping[str, np.ndarray]) -> None:
                               f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
 
 
+def check_values(tensors: Mapping[str, np.ndarray]) -> None:
+    """Every tensor is floating point and finite: integer weights are a quantized or foreign
+    checkpoint, NaN / Inf a damaged one; either would load silently and generate garbage."""
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        if not jnp.issubdtype(tensor.dtype, jnp.floating):
+            raise CheckpointError(
+                f"tensor {name} holds {tensor.dtype} values; OpenELM weights are floating point "
+                "(float32, bfloat16, float16): is this a quantized or another model's checkpoint?")
+        finite = np.isfinite(tensor)
+        if not finite.all():
+            raise CheckpointError(
+                f"tensor {name} holds {finite.size - int(np.count_nonzero(finite))} NaN/Inf "
+                "value(s); the checkpoint is damaged: download or export it again")
+
+
 def params_from_hf(cfg: ModelConfig, tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Our nested parameter dict (as ``nnx.state`` paths) from HF tensors."""
     _check(cfg, tensors)
@@ -253,10 +269,20 @@ def load_hf(path: str | os.PathLike, *, dtype: str = "float32",
         raise CheckpointError(f"{config_file} not found; an OpenELM checkpoint directory "
                                 "holds config.json and model.safetensors")
     tensors = _read_tensors(path)
+    check_values(tensors)
     stored = str(tensors["transformer.norm.weight"].dtype) if tensors else "float32"
     cfg = config_from_hf(json.loads(config_file.read_text()), dtype=dtype,
                          param_dtype=param_dtype or stored)
     return cfg, model_from_params(cfg, params_from_hf(cfg, tensors))
+
+
+def check_new_output(path: str | os.PathLike) -> None:
+    """Refuse an output that would replace something (checked again by ``save_hf``; callers check
+    first so that nothing is loaded or computed in vain)."""
+    path = Path(path)
+    if path.is_file() or (path.is_dir() and any(path.iterdir())):
+        raise UsageError(f"{path} exists and is not empty; choose a new output directory "
+                         "(nothing was written)")
 
 
 def save_hf(config: ModelConfig, model: OpenELM, path: str | os.PathLike, *,
@@ -268,9 +294,8 @@ def save_hf(config: ModelConfig, model: OpenELM, path: str | os.PathLike, *,
     ``overwrite``.
     """
     path = Path(path)
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise UsageError(f"{path} exists and is not empty; choose a new output directory "
-                         "(nothing was written)")
+    if not overwrite:
+        check_new_output(path)
     tensors = params_to_hf(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))

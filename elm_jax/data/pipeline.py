@@ -1,11 +1,14 @@
 """Grain pipelines: documents -> pieces -> filters -> tokens -> pad | pack rows -> mixture -> batches.
 
 Per source: global shuffle of documents (seeded, reshuffled each epoch) -> this process's slice ->
-repeat -> cut into ``data.words_per_piece``-word pieces -> character filter -> SentencePiece with
-BOS/EOS -> token filter -> rows (``pad``: the paper's truncate / right-pad to ``seq_len + 1``;
+repeat (streamed sources, e.g. Parquet or compressed JSONL: shuffled units of files, interleaved and
+window-shuffled, see ``elm_jax.data.streams``) -> optional NFC normalisation -> cut into
+``data.words_per_piece``-word pieces -> character filter -> SentencePiece with BOS/EOS -> token
+filter -> rows (``pad``: the paper's truncate / right-pad to ``seq_len + 1``;
 ``pack``: concatenate-then-split with per-document segment ids and positions). Sources are mixed
 row by row with the configured weights, rows are batched to ``train.batch_size // process_count``,
-and ``data.num_workers`` grain worker processes produce the batches (0: the calling thread does).
+and ``data.num_workers`` grain worker processes produce the batches (0: the calling thread does);
+they die with the process that started them (``elm_jax.data.workers``).
 
 Every batch is a dict of NumPy arrays ``inputs``, ``targets`` (int32 [local_batch, seq_len]),
 ``loss_mask`` (float32, 0 on padding), ``segment_ids`` (int32, 0 = padding, documents from 1),
@@ -18,7 +21,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
+import os
+import unicodedata
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -29,8 +35,13 @@ from absl import flags
 
 from elm_jax.config import Config
 from elm_jax.data import stages
-from elm_jax.data.sources import BadRecord, DocumentSource, open_source, source_name
+from elm_jax.data.files import MissingFiles
+from elm_jax.data.records import BadRecord, RecordParser
+from elm_jax.data.sources import DocumentSource, open_source, source_name
+from elm_jax.data.stream_stages import first_documents, stream_documents
+from elm_jax.data.streams import StreamSource
 from elm_jax.data.tokenizer import Tokenizer, load_tokenizer
+from elm_jax.data.workers import worker_init
 from elm_jax.errors import ConfigError, DataError
 
 PROBE_DOCUMENTS = 10_000  # documents checked up front for at least one usable piece
@@ -61,13 +72,13 @@ def make_dataset(config: Config, split: str, *, process_index: int | None = None
                  num_workers: int | None = None, tokenizer: Tokenizer | None = None
                  ) -> grain.IterDataset:
     """The grain dataset behind :func:`make_iterator` (for benchmarks and inspection)."""
+    sources = _open_sources(config, split)  # first: missing data is the likeliest problem
     process_index, process_count = _process(process_index, process_count)
     batch = config.train.batch_size
     if batch % process_count:
         raise ConfigError(f"train.batch_size={batch} is not divisible by the {process_count} "
                           "processes; every process must load the same number of rows")
     tokenizer = tokenizer or load_tokenizer(config)
-    sources = _open_sources(config, split)
     rows = {}
     for index, (name, src, weight) in enumerate(sources):
         _probe(config, src, tokenizer)
@@ -85,10 +96,12 @@ def make_dataset(config: Config, split: str, *, process_index: int | None = None
         ds = grain.experimental.WithOptionsIterDataset(
             ds, grain.experimental.DatasetOptions(min_shm_size=MIN_SHM_BYTES))
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                         per_worker_buffer_size=PREFETCH_BATCHES))
+                                                         per_worker_buffer_size=PREFETCH_BATCHES),
+                            worker_init_fn=worker_init())
         ds = ds.map(_own_memory)
     meta = {"split": split, "num_workers": workers, "process_index": process_index,
-            "process_count": process_count, "fingerprint": fingerprint(config)}
+            "process_count": process_count, "fingerprint": fingerprint(config),
+            "settings": stream_settings(config)}
     return stages.CheckedStateIterDataset(ds, meta)
 
 
@@ -113,16 +126,22 @@ def _process(index: int | None, count: int | None) -> tuple[int, int]:
     return index, count
 
 
-def _open_sources(config: Config, split: str) -> list[tuple[str, DocumentSource, float]]:
-    opened = []
+def _open_sources(config: Config, split: str) -> list[tuple[str, RecordParser, float]]:
+    opened, missing = [], []
     for i, spec in enumerate(config.data.sources):
-        src = open_source(i, spec, split, config.data.cache_dir)
+        try:
+            src = open_source(i, spec, split, config.data.cache_dir, config.data.data_root)
+        except MissingFiles as err:
+            missing.append((source_name(i, spec), err))
+            continue
         if src is None:
             continue
-        if len(src) == 0:
+        if isinstance(src, DocumentSource) and len(src) == 0:
             raise DataError(f"data.sources[{i}] ({source_name(i, spec)}) has no documents in its "
                             f"{split!r} split; point it at data or remove it")
         opened.append((src.name, src, float(spec.get("weight", 1.0))))
+    if missing:
+        raise _missing_files(config, missing)
     if not opened:
         raise DataError(f"no source in data.sources has a {split!r} split; give at least one source "
                         f"a '{split}' path")
@@ -132,13 +151,32 @@ def _open_sources(config: Config, split: str) -> list[tuple[str, DocumentSource,
     return opened
 
 
+def _missing_files(config: Config, missing: list[tuple[str, MissingFiles]]) -> Exception:
+    """One error for every source whose files are not there, saying what was expected where."""
+    if len(missing) == 1:
+        return missing[0][1]
+    root = config.data.data_root
+    where = (f"under data.data_root={root!r}" if root else
+             f"(data.data_root is not set: relative paths are taken from {os.getcwd()!r})")
+    lines = [f"{len(missing)} of the {len(config.data.sources)} sources in data.sources have no files "
+             f"{where}:"]
+    lines += [f"  {name} ({err.where}): {err.describe()}" for name, err in missing]
+    lines.append("put the files there, or point data.data_root at the directory that holds them "
+                 "(--config.data.data_root=PATH)")
+    return DataError("\n".join(lines))
+
+
 def _seed(config: Config, index: int) -> int:
     return int(np.random.SeedSequence([config.data.shuffle_seed, index]).generate_state(1)[0])
 
 
-def _documents(config: Config, src: DocumentSource, index: int, process_index: int,
-               process_count: int, num_epochs: int | None) -> grain.MapDataset:
-    """Shuffled, this process's slice, repeated: random access to ``(index, raw)`` records."""
+def _documents(config: Config, src: RecordParser, index: int, process_index: int,
+               process_count: int, num_epochs: int | None) -> grain.MapDataset | grain.IterDataset:
+    """Shuffled, this process's slice, repeated: ``(location, raw)`` records (random access, or a
+    stream for sources read front to back)."""
+    if isinstance(src, StreamSource):
+        return stream_documents(src, seed=_seed(config, index), process_index=process_index,
+                                process_count=process_count, num_epochs=num_epochs)
     if len(src) < process_count:
         raise DataError(f"source {src.name!r} has {len(src)} documents, fewer than the "
                         f"{process_count} processes that must share it")
@@ -146,18 +184,20 @@ def _documents(config: Config, src: DocumentSource, index: int, process_index: i
     return docs[process_index::process_count].repeat(num_epochs)
 
 
-def _pieces(config: Config, docs: grain.MapDataset, src: DocumentSource,
+def _pieces(config: Config, docs: grain.MapDataset | grain.IterDataset, src: RecordParser,
             tokenizer: Tokenizer) -> grain.IterDataset:
     data = config.data
-    read = grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=READ_BUFFER)
-    return stages.PiecesIterDataset(docs.to_iter_dataset(read), source=src, tokenizer=tokenizer,
+    if isinstance(docs, grain.MapDataset):
+        docs = docs.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
+                                                      prefetch_buffer_size=READ_BUFFER))
+    return stages.PiecesIterDataset(docs, source=src, tokenizer=tokenizer,
                              words_per_piece=data.words_per_piece, min_chars=data.min_chars,
                              min_tokens=data.min_tokens,
                              max_tokens=data.seq_len + 1 if data.mode == "pad" else None,
-                             batch_chars=TOKENIZER_BATCH_CHARS)
+                             batch_chars=TOKENIZER_BATCH_CHARS, nfc=data.nfc_normalize)
 
 
-def _rows(config: Config, docs: grain.MapDataset, src: DocumentSource,
+def _rows(config: Config, docs: grain.MapDataset | grain.IterDataset, src: RecordParser,
           tokenizer: Tokenizer) -> grain.IterDataset:
     data = config.data
     pieces = _pieces(config, docs, src, tokenizer)
@@ -166,15 +206,21 @@ def _rows(config: Config, docs: grain.MapDataset, src: DocumentSource,
     return stages.PackIterDataset(pieces, seq_len=data.seq_len, pad_id=data.pad_id)
 
 
-def _probe(config: Config, src: DocumentSource, tokenizer: Tokenizer) -> None:
+def _probe(config: Config, src: RecordParser, tokenizer: Tokenizer) -> None:
     """Fail now, with counters, when none of the first documents yields a usable piece."""
-    docs = grain.MapDataset.source(src)[:PROBE_DOCUMENTS]
+    if isinstance(src, StreamSource):
+        docs = first_documents(src, PROBE_DOCUMENTS)
+    else:
+        docs = grain.MapDataset.source(src)[:PROBE_DOCUMENTS]
     it = iter(_pieces(config, docs, src, tokenizer))
     try:
         next(it)
     except StopIteration:
         counters = _counters_of(it.get_state())[src.name]
         checked = counters["documents"]
+        if not checked:
+            raise DataError(f"source {src.name!r} has no documents; point it at data or remove it"
+                            ) from None
         raise DataError(
             f"source {src.name!r}: none of its first {checked} documents gives a piece that passes the "
             f"filters (counters: {_nonzero(counters)}); check the source's field / format, or lower "
@@ -186,6 +232,21 @@ def _probe(config: Config, src: DocumentSource, tokenizer: Tokenizer) -> None:
 
 def _nonzero(counters: Mapping[str, int]) -> dict[str, int]:
     return {k: v for k, v in counters.items() if v}
+
+
+# Settings that never change which rows the stream yields (the worker count does, and is checked
+# on its own: a state of another worker count cannot be continued at all).
+NOT_STREAM_SETTINGS = ("num_workers", "tokenizer_threads", "cache_dir")
+
+
+def stream_settings(config: Config) -> dict[str, Any]:
+    """The settings the stream's rows depend on, by config name (stored with the iterator state,
+    so a resumed run can say which of them changed)."""
+    data = {f"data.{k}": v for k, v in dataclasses.asdict(config.data).items()
+            if k not in NOT_STREAM_SETTINGS}
+    data["data.sources"] = [dict(s) for s in config.data.sources]
+    settings = {"train.batch_size": config.train.batch_size, **data}
+    return json.loads(json.dumps(settings, sort_keys=True, default=str))  # as it reads back
 
 
 def fingerprint(config: Config) -> str:
@@ -229,13 +290,24 @@ def stats(iterator: grain.DatasetIterator) -> dict[str, dict[str, int]]:
 
 def document_texts(config: Config, split: str, *, limit: int | None = None) -> Iterator[str]:
     """The raw texts of every configured source (up to ``limit`` documents each), for tokenizer
-    training: no shuffling, pieces or filters; bad records are skipped."""
+    training: no shuffling, pieces or filters; bad records are skipped. NFC-normalised when
+    ``data.nfc_normalize`` is on, as the pipeline will see them."""
     def decode(raw: bytes) -> str:
         return raw.decode("utf-8", errors="replace")
 
     for _, src, _ in _open_sources(config, split):
-        for i in range(min(len(src), limit or len(src))):
+        for _, raw in itertools.islice(all_records(src), limit):
             try:
-                yield src.parse(src[i][1], decode)
+                text = src.parse(raw, decode)
             except BadRecord:
                 continue
+            yield unicodedata.normalize("NFC", text) if config.data.nfc_normalize else text
+
+
+def all_records(src: RecordParser) -> Iterator[tuple[Any, Any]]:
+    """``(location, raw)`` of every record of a source, in its own order."""
+    if isinstance(src, StreamSource):
+        yield from src.all_documents()
+    else:
+        for i in range(len(src)):
+            yield src[i]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import re
+import unicodedata
 import weakref
 from typing import Any
 
@@ -19,9 +20,9 @@ import grain
 import numpy as np
 
 from elm_jax.common_types import BATCH_FIELDS
-from elm_jax.data.sources import BadRecord, DocumentSource
+from elm_jax.data.records import BadRecord, RecordParser
 from elm_jax.data.tokenizer import Tokenizer
-from elm_jax.errors import DataError
+from elm_jax.errors import CheckpointError, DataError
 
 COUNTERS = (
     "documents",        # documents read
@@ -92,16 +93,21 @@ def word_pieces(text: str, words: int, max_chars: int):
 
 
 class PiecesIterDataset(grain.IterDataset):
-    """``(index, raw document)`` -> int32 token arrays ``[BOS, ..., EOS]`` that pass both filters."""
+    """``(location, raw document)`` -> int32 token arrays ``[BOS, ..., EOS]`` that pass both filters.
 
-    def __init__(self, parent: grain.IterDataset, *, source: DocumentSource, tokenizer: Tokenizer,
+    With ``nfc``, each document's text is NFC-normalised first, so the character filter and the
+    tokenizer see composed characters (CoreNet's ``enable_nfc_normalization``).
+    """
+
+    def __init__(self, parent: grain.IterDataset, *, source: RecordParser, tokenizer: Tokenizer,
                  words_per_piece: int, min_chars: int, min_tokens: int, max_tokens: int | None,
-                 batch_chars: int = 1 << 16):
+                 batch_chars: int = 1 << 16, nfc: bool = False):
         super().__init__(parent)
         self.source = source
         self.tokenizer = tokenizer
         self.options = dict(words=words_per_piece, min_chars=min_chars, min_tokens=min_tokens,
-                            max_tokens=max_tokens, batch_chars=batch_chars * max(1, tokenizer.num_threads))
+                            max_tokens=max_tokens, batch_chars=batch_chars * max(1, tokenizer.num_threads),
+                            nfc=nfc)
 
     def __iter__(self) -> grain.DatasetIterator:
         return _PiecesIterator(self._parent.__iter__(), self.source, self.tokenizer, **self.options)
@@ -115,8 +121,9 @@ class _PiecesIterator(grain.DatasetIterator):
     pieces of that document already used, counters then) and how many outputs of it were taken."""
 
     def __init__(self, parent, source, tokenizer, *, words, min_chars, min_tokens, max_tokens,
-                 batch_chars):
+                 batch_chars, nfc):
         super().__init__(parent)
+        self._nfc = nfc
         self._source, self._tok = source, tokenizer
         self._words, self._min_chars, self._min_tokens = words, min_chars, min_tokens
         self._max_tokens, self._batch_chars = max_tokens, batch_chars
@@ -166,6 +173,8 @@ class _PiecesIterator(grain.DatasetIterator):
                 self._logged += 1
                 _log.warning("skipped %s: %s", self._source.where(index), bad)
             text = ""
+        if self._nfc:
+            text = unicodedata.normalize("NFC", text)
         if saved is not None:
             self._counters = saved  # this document was counted before the checkpoint
         self._doc_pieces = word_pieces(text, self._words, self._max_chars)
@@ -363,7 +372,17 @@ class CheckedStateIterDataset(grain.IterDataset):
         return f"CheckedStateIterDataset({self.meta})"
 
 
-STRICT_META = ("split", "num_workers", "process_index", "process_count")
+# What a saved stream position is tied to: a state saved with another value cannot be continued.
+STRICT_META = {
+    "split": "the saved data-iterator state is of the {saved!r} split, not {now!r}",
+    "num_workers": "this checkpoint's data stream was read with data.num_workers={saved} and this "
+                   "run has data.num_workers={now}; the order of batches depends on the worker "
+                   "count: resume with --config.data.num_workers={saved}",
+    "process_index": "this checkpoint's data stream was saved by process {saved} and this is "
+                     "process {now}; resume with the same processes",
+    "process_count": "this checkpoint's data stream was saved by {saved} process(es) and this run "
+                     "has {now}; resume with the same number of processes",
+}
 
 
 class _CheckedIterator(grain.DatasetIterator):
@@ -381,17 +400,34 @@ class _CheckedIterator(grain.DatasetIterator):
         return {"elm_data": dict(self._meta), "pipeline": self._parent.get_state()}
 
     def set_state(self, state: dict[str, Any]) -> None:
+        """Continue a saved stream; a state this stream cannot continue is a ``CheckpointError``
+        (the checkpoint does not fit this run), so no older checkpoint is tried in its place."""
         if not isinstance(state, dict) or "elm_data" not in state or "pipeline" not in state:
-            raise DataError("the saved data-iterator state was not written by elm_jax's pipeline; "
-                            "start the data stream afresh instead of restoring it")
+            raise CheckpointError("the saved data-iterator state was not written by elm_jax's "
+                                  "pipeline; start the data stream afresh instead of restoring it")
         saved = state["elm_data"]
-        for key in STRICT_META:
+        for key, message in STRICT_META.items():
             if saved.get(key) != self._meta[key]:
-                raise DataError(
-                    f"the saved data-iterator state has {key}={saved.get(key)!r} but this run has "
-                    f"{key}={self._meta[key]!r}; the stream depends on it: restore with the same "
-                    f"value (data.num_workers, number of processes) or start the data stream afresh")
-        if saved.get("fingerprint") != self._meta["fingerprint"]:
+                raise CheckpointError(message.format(saved=saved.get(key), now=self._meta[key]))
+        changed = settings_changes(saved.get("settings"), self._meta.get("settings"))
+        if changed:
+            _log.warning("the data stream's settings changed since the checkpoint (%s): the stream "
+                         "goes on from the saved position, but its batches are no longer the ones "
+                         "the saved run would have read", "; ".join(changed))
+        elif saved.get("fingerprint") != self._meta["fingerprint"]:
             _log.warning("the data config changed since this iterator state was saved; the stream "
                          "continues from the saved positions but is no longer the one of the old run")
         self._parent.set_state(state["pipeline"])
+
+
+def settings_changes(saved: dict[str, Any] | None, now: dict[str, Any] | None) -> list[str]:
+    """``"name old -> new"`` for every stream setting that differs (none when either is unknown)."""
+    if not saved or not now:
+        return []
+    return [f"{name} {_short(saved.get(name))} -> {_short(now.get(name))}"
+            for name in sorted(set(saved) | set(now)) if saved.get(name) != now.get(name)]
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

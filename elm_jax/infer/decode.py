@@ -81,6 +81,19 @@ def as_rows(prompt_ids: Any, prompt_lengths: Sequence[int] | None = None) -> lis
     return [row.astype(np.int32) for row in rows]
 
 
+def check_length(model: OpenELM, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Refuse (before any cache is allocated) a prompt that, with ``max_new_tokens``, outgrows the
+    model's context (``max_context_length``: the positions it was built for)."""
+    if max_new_tokens < 1:
+        raise UsageError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    context = model.cfg.max_context_length
+    if prompt_tokens + max_new_tokens > context:
+        room = (f"ask for at most {context - prompt_tokens} new tokens" if prompt_tokens < context
+                else "shorten the prompt")
+        raise UsageError(f"a prompt of {prompt_tokens} tokens plus max_new_tokens={max_new_tokens} "
+                         f"exceeds the model's context of {context} tokens; {room}")
+
+
 def pack_prompts(rows: list[np.ndarray], max_new_tokens: int, *, pad_id: int) -> Prompts:
     """Left-pad ``rows`` into a bucketed buffer with room for ``max_new_tokens``."""
     lengths = np.array([len(r) for r in rows], np.int32)
@@ -157,8 +170,6 @@ def _request(model: OpenELM, prompt_ids: Any, max_new_tokens: int, *, temperatur
              pad_id: int | None, prompt_lengths: Sequence[int] | None,
              cache_dtype: str | None) -> tuple[_Request, DecodeState]:
     """Validate arguments, pack the prompts and run the prefill (shared by generate and stream)."""
-    if max_new_tokens < 1:
-        raise UsageError(f"max_new_tokens={max_new_tokens} must be >= 1")
     sampling = Sampling(temperature, top_k, top_p)
     if key is None:
         if not sampling.greedy:
@@ -168,6 +179,7 @@ def _request(model: OpenELM, prompt_ids: Any, max_new_tokens: int, *, temperatur
     eos_ids = [] if eos_id is None else [int(e) for e in np.atleast_1d(eos_id)]
     pad = pad_id if pad_id is not None else (eos_ids[0] if eos_ids else 0)
     rows = as_rows(prompt_ids, prompt_lengths)
+    check_length(model, max(len(row) for row in rows), max_new_tokens)
     vocab = model.cfg.vocab_size
     for i, row in enumerate(rows):
         if row.min() < 0 or row.max() >= vocab:

@@ -1,7 +1,8 @@
 """What the training loop measures besides the training loss: held-out loss and the unigram baseline.
 
-The held-out batches are the first ``train.eval_batches`` of the validation split, read once and
-kept on the host, so every evaluation of a run scores the same rows.
+The held-out batches are the first ``train.eval_batches`` of the validation split (at least one,
+which also supplies the prompts of the end-of-run samples), read once at start-up and kept on the
+host, so every evaluation of a run scores the same rows.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class Evaluator:
     def batches(self) -> list[dict[str, np.ndarray]]:
         if self._batches is None:
             iterator = self._make_iterator(self.config, "validation", **process_kwargs())
-            self._batches = [batch for _, batch in zip(range(self.config.train.eval_batches), iterator)]
+            wanted = max(1, self.config.train.eval_batches)  # at least one: the end-of-run samples
+            self._batches = [batch for _, batch in zip(range(wanted), iterator)]
             if not self._batches:
                 raise DataError("the validation split yielded no batch; check data.sources or "
                                 "set train.eval_batches=0")

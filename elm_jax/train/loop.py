@@ -26,6 +26,7 @@ from elm_jax.parallel import mesh as mesh_lib
 from elm_jax.train.evaluate import Evaluator, IteratorFactory, process_kwargs, training_unigram_entropy
 from elm_jax.train.metrics import MetricsWriter, Throughput, summarize
 from elm_jax.train.preemption import PreemptionGuard
+from elm_jax.train.preflight import check_run_dir_writable
 from elm_jax.train.sample import sample_lines
 from elm_jax.train.step import ObjectiveBuilder, TrainState, make_train_step, pretraining
 
@@ -73,6 +74,7 @@ def train(config: Config, *, make_iterator: IteratorFactory | None = None, token
     the train and eval steps. ``objective`` says what is trained (``elm_jax.finetune`` passes its
     own: adapters over a frozen base, SFT or DPO).
     """
+    check_run_dir_writable(config.train.run_dir)
     if make_iterator is None:
         ensure_prepared(config)
         make_iterator, tokenizer = pipeline_iterator, load_tokenizer(config)
@@ -81,6 +83,8 @@ def train(config: Config, *, make_iterator: IteratorFactory | None = None, token
     mesh = mesh or mesh_lib.make_mesh(config.mesh)
     train_step = make_train_step(config, mesh, compiler_options=compiler_options, objective=objective)
     evaluator = Evaluator(config, mesh, make_iterator, compiler_options, objective)
+    if tcfg.eval_batches or (tokenizer is not None and tcfg.sample_lines):
+        evaluator.batches()  # read the held-out rows now: an unusable split fails before any step
     checkpointer = Checkpointer(run_dir, config)
     train_iter = make_iterator(config, "train", **process_kwargs())
     restored = restore_state(checkpointer, train_step.state_shapes, train_iter)

@@ -1,17 +1,63 @@
-"""SIGTERM (preemption on TPU VMs, SLURM's time limit) -> finish the step, save, wait, exit 0.
+"""SIGTERM (preemption on TPU VMs, SLURM's time limit) and Ctrl-C (SIGINT) stop a run cleanly.
 
-On one host our own handler sets a flag; with several processes orbax's ``reached_preemption``
-(jax's preemption sync, after ``jax.distributed.initialize``) makes every process stop at the same
-step.
+During the training steps (``PreemptionGuard``) either signal only sets a flag: the loop finishes
+its step, saves it, waits for the save and returns (exit 0); a second signal aborts at once, without
+saving, as an unhandled Ctrl-C would. Outside the steps (start-up: data checks, restore, the first
+compilation; the export after them) there is nothing unsaved to lose, so ``stop_at_once`` turns
+either signal into ``StopRequested``, which ``elm-train`` reports on one line with exit 0.
+
+With several processes, SIGTERM belongs to jax: orbax's ``reached_preemption`` (jax's preemption
+sync, after ``jax.distributed.initialize``) makes every process stop at the same step, and no
+handler of ours is installed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import sys
+from collections.abc import Iterator
 
 import jax
 
 from elm_jax.checkpoint import Checkpointer
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopRequested(BaseException):  # noqa: N818 (a request, like KeyboardInterrupt, not an error)
+    """A stop signal outside the training steps; its message is the signal's name.
+
+    A ``BaseException`` like ``KeyboardInterrupt``, so that no ``except Exception`` on the way
+    (a checkpoint that fails to restore, a data error) mistakes it for a failure.
+    """
+
+
+def _install(handler) -> dict[int, object]:
+    if jax.process_count() > 1:
+        return {}
+    return {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+
+
+def _restore(previous: dict[int, object]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def _raise_stop(signum: int, frame) -> None:
+    del frame
+    raise StopRequested(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def stop_at_once() -> Iterator[None]:
+    """While active (one process only): SIGTERM or SIGINT raises ``StopRequested``."""
+    previous = _install(_raise_stop)
+    try:
+        yield
+    finally:
+        _restore(previous)
 
 
 class PreemptionGuard:
@@ -19,19 +65,22 @@ class PreemptionGuard:
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous: dict[int, object] = {}
 
     def __enter__(self) -> PreemptionGuard:
-        if jax.process_count() == 1:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous = _install(self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        _restore(self._previous)
 
-    def _handle(self, signum, frame) -> None:
-        del signum, frame
+    def _handle(self, signum: int, frame) -> None:
+        del frame
+        if self.requested:  # the second signal: stop now, whatever is in flight
+            print(f"{signal.Signals(signum).name} again: aborting without saving", file=sys.stderr,
+                  flush=True)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
         self.requested = True
 
     def reached(self, step: int, checkpointer: Checkpointer) -> bool:

@@ -60,6 +60,26 @@ def test_missing_tensor_is_named(tiny_model_config, random_hf_checkpoint):
         load_hf(src)
 
 
+def test_integer_tensors_are_refused_by_name(tiny_model_config, random_hf_checkpoint):
+    src, _, tensors = random_hf_checkpoint(tiny_model_config)
+    name = "transformer.layers.0.ffn.proj_1.weight"
+    tensors[name] = (tensors[name] * 100).astype(np.int8)  # as a quantized export would hold it
+    save_file(tensors, str(src / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=rf"tensor {name} holds int8 values"):
+        load_hf(src)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_tensors_are_refused_by_name(tiny_model_config, random_hf_checkpoint, bad):
+    src, _, tensors = random_hf_checkpoint(tiny_model_config)
+    name = "transformer.layers.1.attn.out_proj.weight"
+    tensors[name][3, 5] = bad
+    tensors[name][0, 1] = -bad
+    save_file(tensors, str(src / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=rf"tensor {name} holds 2 NaN/Inf value\(s\)"):
+        load_hf(src)
+
+
 def test_missing_and_corrupt_files_are_clear(tiny_model_config, random_hf_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="config.json"):
         load_hf(tmp_path)
@@ -72,6 +92,8 @@ def test_missing_and_corrupt_files_are_clear(tiny_model_config, random_hf_checkp
 def test_export_never_overwrites(tiny_model_config, random_hf_checkpoint):
     src, _, tensors = random_hf_checkpoint(tiny_model_config)
     cfg, model = load_hf(src)
-    with pytest.raises(UsageError, match="not empty"):
+    with pytest.raises(UsageError, match="is not empty; choose a new output directory") as err:
         save_hf(cfg, model, src)
+    advice = str(err.value).split(" is not empty; ")[1]
+    assert "overwrite" not in advice  # no such flag: the message names no way around it
     assert load_file(str(src / "model.safetensors")).keys() == tensors.keys()

@@ -45,7 +45,7 @@ def test_everything_filtered_out_fails_up_front_with_counters(make_config, jsonl
 def test_a_stream_gone_dry_stops_instead_of_spinning(make_config, jsonl_source, documents, monkeypatch):
     monkeypatch.setattr(stages, "DRY_LIMIT", 50)
     config = make_config([jsonl_source(documents(5, words=(3, 10)))], min_chars=10_000)
-    src = open_source(0, config.data.sources[0], "train")
+    src = open_source(0, config.data.sources[0], "train", config.data.cache_dir)
     ds = stages.PiecesIterDataset(grain.MapDataset.source(src).repeat().to_iter_dataset(), source=src,
                                   tokenizer=load_tokenizer(config), words_per_piece=64, min_chars=10_000,
                                   min_tokens=0, max_tokens=None)

@@ -114,10 +114,14 @@ def test_processes_partition_the_documents(make_config, jsonl_source, documents)
 
 
 def find(state, key):
+    """Every value stored under ``key`` in a nested iterator state."""
     if isinstance(state, dict):
         if key in state:
             yield state[key]
         for value in state.values():
+            yield from find(value, key)
+    elif isinstance(state, list):
+        for value in state:
             yield from find(value, key)
 
 

@@ -8,7 +8,7 @@ import pytest
 from etils import epath
 
 from elm_jax.data import pipeline
-from elm_jax.errors import DataError
+from elm_jax.errors import CheckpointError
 
 
 def with_workers(config, n):
@@ -68,11 +68,64 @@ def test_a_state_from_another_layout_is_refused(make_config, jsonl_source, docum
     next(it)
     state = it.get_state()
     other = pipeline.make_iterator(config, "train", process_index=0, process_count=1, num_workers=1)
-    with pytest.raises(DataError, match="num_workers=0 but this run has num_workers=1"):
+    with pytest.raises(CheckpointError, match="read with data.num_workers=0 and this run has "
+                       "data.num_workers=1; .* resume with --config.data.num_workers=0"):
         other.set_state(state)
     other.close()
     moved = pipeline.make_iterator(config, "train", process_index=1, process_count=2)
-    with pytest.raises(DataError, match="process_index=0 but this run has process_index=1"):
+    with pytest.raises(CheckpointError, match="saved by process 0 and this is process 1"):
         moved.set_state(state)
-    with pytest.raises(DataError, match="not written by elm_jax"):
+    with pytest.raises(CheckpointError, match="not written by elm_jax"):
         moved.set_state({"next_index": 3})
+
+
+def _save_two_steps(config, run_dir):
+    """Checkpoints of steps 1 and 2 (tiny stand-in parameters) holding ``config``'s data stream."""
+    from elm_jax.checkpoint import Checkpointer
+
+    it = pipeline.make_iterator(config, "train", process_index=0, process_count=1)
+    ckpt = Checkpointer(run_dir, config)
+    for step in (1, 2):
+        next(it)
+        ckpt.save(step, {"w": np.zeros(3, np.float32)}, {"step": np.int32(step)}, it)
+    ckpt.close()
+    it.close()
+
+
+def _restore(config, run_dir):
+    import jax
+
+    from elm_jax.checkpoint import Checkpointer
+
+    it = pipeline.make_iterator(config, "train", process_index=0, process_count=1)
+    ckpt = Checkpointer(run_dir, config)
+    try:
+        return ckpt.restore_latest({"w": jax.ShapeDtypeStruct((3,), np.float32)},
+                                   {"step": jax.ShapeDtypeStruct((), np.int32)}, it)
+    finally:
+        ckpt.close()
+        it.close()
+
+
+def test_another_worker_count_on_resume_is_refused_naming_both(make_config, jsonl_source,
+                                                               documents, tmp_path):
+    config = make_config([jsonl_source(documents(10))])
+    _save_two_steps(config, tmp_path / "run")
+    with pytest.raises(CheckpointError) as refused:
+        _restore(with_workers(config, 1), tmp_path / "run")
+    assert str(refused.value) == (
+        "this checkpoint's data stream was read with data.num_workers=0 and this run has "
+        "data.num_workers=1; the order of batches depends on the worker count: resume with "
+        "--config.data.num_workers=0")
+    # the refusal is about this run, not a damaged checkpoint: no step was set aside
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["1", "2"]
+
+
+def test_another_batch_size_on_resume_is_named_in_a_warning(make_config, jsonl_source, documents,
+                                                            tmp_path, caplog):
+    config = make_config([jsonl_source(documents(10))], batch_size=2)
+    _save_two_steps(config, tmp_path / "run")
+    _, train = _restore(make_config([jsonl_source(documents(10))], batch_size=4), tmp_path / "run")
+    assert int(train["step"]) == 2
+    warned = [r.getMessage() for r in caplog.records if "settings changed" in r.getMessage()]
+    assert len(warned) == 1 and "(train.batch_size 2 -> 4)" in warned[0]

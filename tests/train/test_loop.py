@@ -1,5 +1,6 @@
 """The loop end to end on the synthetic stream: run directory contents, exact in-process resume,
-export and ``load_model``, the non-finite stop, and refusing a run directory of another model."""
+export and ``load_model``, the non-finite stop, refusing a run directory of another model, and an
+empty validation split refused before the first step."""
 
 import dataclasses
 import functools
@@ -20,7 +21,7 @@ from synthetic import FAST_COMPILE, make_iterator, replace_train, tiny_config
 from elm_jax.checkpoint import load_model
 from elm_jax.config import from_config_dict
 from elm_jax.convert.hf import load_hf
-from elm_jax.errors import TrainingError
+from elm_jax.errors import DataError, TrainingError
 from elm_jax.parallel.mesh import single_device_mesh
 from elm_jax.train.loop import train
 from elm_jax.train.step import graphdef
@@ -119,3 +120,17 @@ def test_elm_convert_exports_a_run_directory(trained_run, tmp_path):
     for got, want in zip(jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
                          jax.tree.leaves(result.state.params)):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want.astype(jnp.bfloat16)))
+
+
+def test_empty_validation_split_fails_before_the_first_step(tmp_path):
+    drawn = []
+
+    def no_validation(config, split, **kwargs):
+        if split == "validation":
+            return iter([])
+        return (drawn.append(split) or batch for batch in make_iterator(config, split, **kwargs))
+
+    config = tiny_config(tmp_path / "run", steps=4, eval_every=2, save_every=1)
+    with pytest.raises(DataError, match="the validation split yielded no batch"):
+        run(config, make_iterator=no_validation, entropy_tokens=0)
+    assert drawn == []  # not one training batch was read: nothing to resume that would fail again

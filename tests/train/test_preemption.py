@@ -104,3 +104,26 @@ def test_sigterm_saves_the_current_step_and_exits_zero(tmp_path):
     assert "preempted=True" in out and f"saved the checkpoint of step {step}" in out
     assert steps_saved(tmp_path)[-1] == step >= 4
     assert max(losses(tmp_path)) == step  # the step it was on, logged and saved
+
+
+SECOND_SIGNAL = """
+import os, signal, time
+from elm_jax.train.preemption import PreemptionGuard
+
+with PreemptionGuard() as guard:
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: noted, the loop would save and stop
+    print("requested", guard.requested, flush=True)
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again: gone at once
+    time.sleep(60)
+print("not aborted", flush=True)
+"""
+
+
+def test_ctrl_c_is_noted_like_sigterm_and_a_second_one_aborts_at_once():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {
+        "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", SECOND_SIGNAL], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=60)
+    assert out.returncode == -signal.SIGINT, out.stderr[-3000:]
+    assert out.stdout == "requested True\n"
+    assert out.stderr.strip() == "SIGINT again: aborting without saving"
