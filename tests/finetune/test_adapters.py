@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
+from train.synthetic import FAST_COMPILE
 
 from elm_jax.config import Config, DataConfig, FinetuneConfig, MeshConfig, TrainConfig
 from elm_jax.errors import ConfigError
@@ -57,7 +58,7 @@ def test_merged_weights_match_numpy(tiny_model_config, adapter, rslora):
     scale = 8.0 / (np.sqrt(4) if rslora else 4)
     assert spec.scale == pytest.approx(scale)
     base, ad = model_params(tiny_model_config), random_adapters(spec)
-    merged = adapters.apply(spec, base, ad)
+    merged = jax.jit(lambda b, a: adapters.apply(spec, b, a), compiler_options=FAST_COMPILE)(base, ad)
     checked = {("embed",): 1, ("layers", 1, "attn", "q_proj"): 1, ("layers", 2, "attn", "out_proj"): 2,
                ("layers", 0, "ffn", "down"): 1}
     for path, in_dims in checked.items():
@@ -93,15 +94,14 @@ def setup(tiny_model_config, tmp_path, **finetune):
 def test_the_adapted_model_starts_equal_to_the_base(tiny_model_config, tmp_path, adapter):
     config, objective, base = setup(tiny_model_config, tmp_path, adapter=adapter)
     params, frozen = objective.start(base)
-    adapted = objective.model_params(params, frozen)
+    adapted = jax.jit(objective.model_params, compiler_options=FAST_COMPILE)(params, frozen)
     tokens = np.arange(16, dtype=np.int32).reshape(2, 8) % tiny_model_config.vocab_size
     batch = {"inputs": tokens, "positions": np.tile(np.arange(8), (2, 1)), "segment_ids": None}
-    gdef = graphdef(config)
+    forward = jax.jit(lambda p: forward_logits(graphdef(config), p, batch), compiler_options=FAST_COMPILE)
     if adapter == "lora":  # W + s A 0 is W, bit for bit
         for a, b in zip(jax.tree.leaves(adapted), jax.tree.leaves(base)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    np.testing.assert_allclose(forward_logits(gdef, adapted, batch), forward_logits(gdef, base, batch),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(forward(adapted), forward(base), rtol=1e-5, atol=1e-5)
 
 
 def test_gradients_reach_only_what_trains(tiny_model_config, tmp_path):
@@ -116,7 +116,8 @@ def test_gradients_reach_only_what_trains(tiny_model_config, tmp_path):
     tokens = np.arange(16, dtype=np.int32).reshape(2, 8) % tiny_model_config.vocab_size
     batch = {"inputs": tokens, "targets": np.roll(tokens, -1, 1), "loss_mask": np.ones((2, 8), np.float32),
              "positions": np.tile(np.arange(8), (2, 1)), "segment_ids": np.ones((2, 8), np.int32)}
-    grads = jax.grad(lambda p: objective.sums(p, frozen, batch, None)[0].cross_entropy)(params)
+    grads = jax.jit(jax.grad(lambda p: objective.sums(p, frozen, batch, None)[0].cross_entropy),
+                    compiler_options=FAST_COMPILE)(params)
     assert jax.tree.structure(grads) == jax.tree.structure(params)
     q = grads["adapters"]["layers"][0]["attn"]["q_proj"]
     assert np.abs(np.asarray(q["b"])).max() > 0 and np.abs(np.asarray(q["a"])).max() == 0  # B = 0
