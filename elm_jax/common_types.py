@@ -87,6 +87,8 @@ CORRUPT_DIR = "corrupt_checkpoints"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 HF_EXPORT_PREFIX = "hf-step"
+LOCK_FILE = "run.lock"  # who is training in this run directory (host, pid, heartbeat)
+CHECKSUMS_ITEM = "checksums"  # the checkpoint item with the digest of every saved array
 
 # ----------------------------------------------------------------------------- hardware
 # Dense bf16 peak FLOP/s per chip, from the vendors' spec sheets; matched on device_kind (lower

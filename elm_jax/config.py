@@ -273,6 +273,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     keep_every: int = 0  # 0: no permanent checkpoints
     sample_lines: int = 3
+    # Resume with the data stream from its beginning instead of the checkpoint's position (e.g.
+    # when a step's data-iterator state is lost); a checkpoint without it is otherwise skipped.
+    restart_data_stream: bool = False
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "microbatches", "peak_lr", "cosine_period",

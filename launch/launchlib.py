@@ -45,9 +45,11 @@ class Runner:
         self.say("+ " + quote(argv, env) + (f"    # {note}" if note else ""))
 
     def run(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, check: bool = True,
-            capture: bool = False, note: str = "") -> subprocess.CompletedProcess:
-        """Run ``argv`` (extra ``env`` on top of ours); in a dry run only print it."""
-        self.show(argv, env, note)
+            capture: bool = False, note: str = "", show: bool = True) -> subprocess.CompletedProcess:
+        """Run ``argv`` (extra ``env`` on top of ours); in a dry run only print it. ``show=False``
+        runs without printing (a poll repeated many times)."""
+        if show:
+            self.show(argv, env, note)
         if self.dry_run:
             return subprocess.CompletedProcess(list(argv), 0, "", "")
         result = subprocess.run(list(argv), env={**os.environ, **(env or {})}, text=True,

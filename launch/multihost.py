@@ -9,15 +9,20 @@ Process ``p`` gets ``ELM_COORDINATOR_ADDRESS`` (the first host, ``--port``), ``E
 and ``ELM_PROCESS_ID=p``, which ``elm_jax.parallel.distributed.initialize`` reads. With
 ``--per gpu`` each host runs one process per GPU (``ELM_LOCAL_DEVICE_IDS`` picks it); with
 ``--per node`` one process drives all of a host's devices. Every process writes its own log;
-when one fails the others are stopped. ``--dry-run`` prints the commands. See launch/README.md.
+when one fails the others are stopped, remote ones too (through ssh: a signal to the local ssh
+client does not reach the remote program). ``--dry-run`` prints the commands. See
+launch/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +32,8 @@ from launchlib import TRAIN_PROGRAM, Runner, new_path, quote, split_extra
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1")
 DEFAULT_PORT = 8476
+SSH = ("ssh", "-o", "BatchMode=yes")
+STOP_GRACE_SECONDS = 30  # from SIGTERM to SIGKILL when the others are stopped
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -63,14 +70,43 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     bad_env = [e for e in args.env if "=" not in e]
     if bad_env:
         p.error(f"--env takes KEY=VALUE, got {bad_env}")
+    try:
+        args.coordinator = coordinator(args)
+    except ValueError as err:
+        p.error(str(err))
     return args, program_args
 
 
+def route_address(remote: str) -> str | None:
+    """This machine's address on the route to ``remote``; None when ``remote`` does not resolve
+    or no route leads there. (A UDP "connect" chooses the route and sends nothing.)"""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect((remote, 9))
+            return sock.getsockname()[0]
+    except OSError:
+        return None
+
+
 def coordinator(args: argparse.Namespace) -> str:
+    """host:port of process 0 that every host can reach; ``ValueError`` when none is known."""
     if args.coordinator:
         return args.coordinator
     host = args.hosts[0]
-    return f"{'127.0.0.1' if host in LOCAL_HOSTS else host}:{args.port}"
+    if host not in LOCAL_HOSTS:
+        return f"{host}:{args.port}"
+    remote = [h for h in args.hosts if h not in LOCAL_HOSTS]
+    if not remote:
+        return f"127.0.0.1:{args.port}"
+    # 127.0.0.1 would send the remote hosts to themselves: use this machine's routable address.
+    address = route_address(remote[0])
+    if address is None or address.startswith("127."):
+        raise ValueError(
+            f"the first host is {host} (process 0 runs here) but {', '.join(remote)} must reach it "
+            f"over the network and no route to {remote[0]} was found; pass --coordinator "
+            "ADDRESS:PORT with an address of this machine they can reach, or list this machine "
+            "by its network name instead of localhost")
+    return f"{address}:{args.port}"
 
 
 def process_table(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
@@ -80,7 +116,7 @@ def process_table(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
     for host_index, host in enumerate(args.hosts):
         for local in range(args.processes_per_host):
             env = dict(e.split("=", 1) for e in args.env)
-            env.update(ELM_COORDINATOR_ADDRESS=coordinator(args), ELM_NUM_PROCESSES=str(count),
+            env.update(ELM_COORDINATOR_ADDRESS=args.coordinator, ELM_NUM_PROCESSES=str(count),
                        ELM_PROCESS_ID=str(host_index * args.processes_per_host + local))
             if args.per == "gpu":
                 env["ELM_LOCAL_DEVICE_IDS"] = str(local)
@@ -88,41 +124,71 @@ def process_table(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
     return table
 
 
-def command(args: argparse.Namespace, host: str, env: dict[str, str],
-            program_args: list[str]) -> tuple[list[str], dict[str, str] | None]:
-    """argv to start one process, and the environment to add when it runs here."""
+def command(args: argparse.Namespace, host: str, env: dict[str, str], program_args: list[str],
+            pid_file: str) -> tuple[list[str], dict[str, str] | None]:
+    """argv to start one process, and the environment to add when it runs here.
+
+    A remote program runs in the background of its shell, which keeps its pid in ``pid_file``
+    (so ``stop`` can signal it), waits for it and passes on its exit status.
+    """
     argv = [*shlex.split(args.program), *program_args]
     if host in LOCAL_HOSTS:
         return argv, env
     workdir = args.workdir  # "~/x" must reach the remote shell unquoted to expand there
     target = f"~/{shlex.quote(workdir[2:])}" if workdir.startswith("~/") else shlex.quote(workdir)
-    remote = f"cd {target} && {quote(argv, env)}"
-    return ["ssh", "-o", "BatchMode=yes", host, remote], None
+    pid = shlex.quote(pid_file)
+    remote = (f"cd {target} && {{ {quote(argv, env)} & echo $! > {pid}; wait $!; code=$?; "
+              f"rm -f {pid}; exit $code; }}")
+    return [*SSH, host, remote], None
 
 
-def stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.time() + 30
-    for proc in procs:
+@dataclasses.dataclass
+class Process:
+    """One started process: its host, the local child (the program or its ssh client) and, for a
+    remote one, where its host keeps the program's pid."""
+
+    host: str
+    popen: subprocess.Popen
+    pid_file: str | None = None
+
+    def signal(self, name: str) -> None:
+        """Send SIGTERM or SIGKILL (``name`` "TERM" / "KILL") to the program itself."""
+        if self.pid_file is None:
+            self.popen.send_signal(getattr(signal, f"SIG{name}"))
+            return
+        pid = shlex.quote(self.pid_file)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run([*SSH, self.host, f"test -s {pid} && kill -{name} $(cat {pid})"],
+                           capture_output=True, timeout=STOP_GRACE_SECONDS)
+
+
+def stop(processes: list[Process], grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGTERM every running process (remote ones through ssh), SIGKILL after ``grace`` seconds."""
+    alive = [p for p in processes if p.popen.poll() is None]
+    for process in alive:
+        process.signal("TERM")
+    deadline = time.time() + grace
+    for process in alive:
         try:
-            proc.wait(timeout=max(0.1, deadline - time.time()))
+            process.popen.wait(timeout=max(0.1, deadline - time.time()))
         except subprocess.TimeoutExpired:
-            proc.kill()
+            process.signal("KILL")
+            process.popen.kill()
 
 
 def main(argv: list[str] | None = None) -> int:
     args, program_args = parse_args(sys.argv[1:] if argv is None else argv)
     run = Runner(args.dry_run)
     table = process_table(args)
-    run.say(f"# {len(table)} processes on {len(args.hosts)} host(s), coordinator {coordinator(args)}")
+    run.say(f"# {len(table)} processes on {len(args.hosts)} host(s), coordinator {args.coordinator}")
     log_dir = Path(args.log_dir)
-    procs, logs = [], []
+    processes: list[Process] = []
+    logs = []
     stamp = time.strftime("%Y%m%d-%H%M%S")
     try:
         for host, env in table:
-            argv_, local_env = command(args, host, env, program_args)
+            pid_file = f"/tmp/elm-launch-{stamp}-{os.getpid()}-p{env['ELM_PROCESS_ID']}.pid"
+            argv_, local_env = command(args, host, env, program_args, pid_file)
             log = new_path(log_dir / f"{stamp}-process{env['ELM_PROCESS_ID']}-{host}.log")
             run.show(argv_, local_env, note=f"log: {log}")
             if run.dry_run:
@@ -130,12 +196,14 @@ def main(argv: list[str] | None = None) -> int:
             log_dir.mkdir(parents=True, exist_ok=True)
             handle = log.open("w")
             logs.append(handle)
-            cwd = args.workdir if host in LOCAL_HOSTS else None
-            procs.append(subprocess.Popen(argv_, env={**os.environ, **(local_env or {})}, cwd=cwd,
-                                          stdout=handle, stderr=subprocess.STDOUT))
-        return wait_all(run, procs)
+            local = host in LOCAL_HOSTS
+            popen = subprocess.Popen(argv_, env={**os.environ, **(local_env or {})},
+                                     cwd=args.workdir if local else None, stdout=handle,
+                                     stderr=subprocess.STDOUT)
+            processes.append(Process(host, popen, None if local else pid_file))
+        return wait_all(run, [p.popen for p in processes])
     finally:
-        stop(procs)
+        stop(processes)
         for handle in logs:
             handle.close()
 

@@ -23,12 +23,13 @@ To sleep: perchance to dream: ay, there's the rub;""".splitlines()
 VOCAB = 150
 
 
-def write_tokenizer(path):
-    """Train (in well under a second) and write ``path``; returns it."""
+def write_tokenizer(path, text=TEXT, **options):
+    """Train (in well under a second) on ``text`` and write ``path``; returns it. ``options`` go
+    to the SentencePiece trainer."""
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(TEXT * 5), model_writer=model, vocab_size=VOCAB, model_type="bpe",
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, minloglevel=2)
+        sentence_iterator=iter(text * 5), model_writer=model, vocab_size=VOCAB, model_type="bpe",
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, minloglevel=2, **options)
     path.write_bytes(model.getvalue())
     return path
 

@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "experiments").rglob("*.py"))
+SWEEPS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "experiments" / "ablations").glob("*.py"))
+CELL = "experiments/sweep_cell.py"  # an experiment whose argument names a sweep cell
+EXPERIMENTS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "experiments").rglob("*.py")
+                     if str(p.relative_to(ROOT)) not in SWEEPS + [CELL])
 
 BLOCKER = """
 import sys
@@ -48,6 +51,30 @@ print(config.name, len(config.model.layer_shapes()))
     out = run_blocked({"flax", "orbax", "grain", "optax", "tensorflow_datasets"}, code)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[1].isdigit()
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_every_sweep_expands_without_jax(sweep):
+    """A sweep file's grid (cells solved to matched cost) and a launched cell's experiment
+    (``sweep_cell.py:<sweep>@<cell>``) are built without jax, as ``elm-sweep --dry-run`` needs."""
+    code = f"""
+sys.modules['jax'] = None
+import importlib.util
+from elm_jax.config import from_config_dict
+from elm_jax.explore.sweep import expand, parse_sweep
+spec = importlib.util.spec_from_file_location('sweep', {sweep!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+cells = expand(parse_sweep(module.get_config(), {sweep!r}), '/tmp/unused')
+spec = importlib.util.spec_from_file_location('cell', {CELL!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+config = from_config_dict(module.get_config({sweep!r} + '@' + cells[-1].name))
+print(len(cells), config.name)
+"""
+    out = run_blocked({"flax", "orbax", "grain", "optax", "tensorflow_datasets"}, code)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[0]) > 1
 
 
 def test_blocking_really_blocks():

@@ -1,19 +1,20 @@
 """``elm-convert``: read an OpenELM checkpoint and write it out in HF layout (e.g. change dtype).
 
 ``--input`` is an HF directory (``config.json`` + safetensors) or an ``elm-train`` run directory
-(its newest checkpoint, or ``--step``).
+(its newest checkpoint, or ``--step``; one line on stderr names the step loaded and any newer step
+skipped as damaged, and why).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+import sys
 
 from absl import flags
 from flax import nnx
 
 from elm_jax import rundir
-from elm_jax.checkpoint import load_model
+from elm_jax.checkpoint import load_model_reporting
 from elm_jax.cli import common
 from elm_jax.common_types import DTYPES
 from elm_jax.config import ModelConfig
@@ -30,9 +31,10 @@ STEP = flags.DEFINE_integer("step", None, "checkpoint step of a run directory (d
 
 def _load(path: str, param_dtype: str | None) -> tuple[ModelConfig, OpenELM]:
     """(ModelConfig, OpenELM) from an HF directory or a training run directory."""
-    if rundir.checkpoint_kind(Path(path)) == "hf":
+    if rundir.checkpoint_kind(path) == "hf":
         return load_hf(path, param_dtype=param_dtype)
-    config, model = load_model(path, step=STEP.value)
+    config, model, report = load_model_reporting(path, step=STEP.value)
+    print(report.line(), file=sys.stderr, flush=True)
     cfg = config.model
     if param_dtype is not None:
         cfg = dataclasses.replace(cfg, param_dtype=param_dtype)

@@ -11,7 +11,9 @@ lm-eval-harness itself on our model.
 Task ``T`` reads ``DATA_DIR/T.jsonl``: the public dataset's documents, one JSON object per line, in
 their own field layout (ARC: question / choices / answerKey, PIQA: goal / sol1 / sol2 / label, ...).
 With ``--harness`` the tasks are lm-eval-harness's own (its datasets, prompts and metrics; the
-``lmeval`` extra), scored by ``elm_jax.eval.harness.ElmJaxLM``.
+``lmeval`` extra), scored by ``elm_jax.eval.harness.ElmJaxLM``. On several processes
+(``--num_processes`` ..., see ``model_flags``) every process evaluates and process 0 prints and
+writes the results.
 """
 
 from __future__ import annotations
@@ -52,6 +54,12 @@ OUTPUT = flags.DEFINE_string("output", None, "also write the results as JSON to 
 common.hyphen_aliases(DATA_DIR, BATCH, ADD_BOS, EVAL_BATCHES, FEWSHOT, INCLUDE)
 
 
+def _say(text: str) -> None:
+    """Print a result line (process 0 only: every process computes the same results)."""
+    if model_flags.lead():
+        print(text, flush=True)
+
+
 def _evaluate(opened: model_flags.Opened) -> dict[str, dict]:
     """Perplexity and / or the tasks, printed as they finish; the results by name."""
     loaded = opened.loaded
@@ -60,15 +68,15 @@ def _evaluate(opened: model_flags.Opened) -> dict[str, dict]:
         start = time.perf_counter()
         loss = held_out_loss(loaded.model, loaded.config, max_batches=EVAL_BATCHES.value)
         results["validation"] = loss._asdict()
-        print(f"validation: loss {loss.loss:.4f}, perplexity {loss.perplexity:.2f} "
-              f"({loss.tokens} tokens, {loss.batches} batches, {time.perf_counter() - start:.1f}s)")
+        _say(f"validation: loss {loss.loss:.4f}, perplexity {loss.perplexity:.2f} "
+             f"({loss.tokens} tokens, {loss.batches} batches, {time.perf_counter() - start:.1f}s)")
     if TASKS.value and HARNESS.value:
         results |= _harness(opened)
     elif TASKS.value:
         for result in evaluate_tasks(loaded.model, opened.tokenizer(), TASKS.value, DATA_DIR.value,
                                      add_bos=ADD_BOS.value, batch_size=BATCH.value,
                                      limit=LIMIT.value):
-            print(result.line(), flush=True)
+            _say(result.line())
             results[result.task] = {"count": result.count, **result.metrics}
     return results
 
@@ -93,7 +101,7 @@ def _harness(opened: model_flags.Opened) -> dict[str, dict]:
                          + ("" if INCLUDE.value else " or pass --include_path DIR of task YAMLs"))
     out = lm_eval.simple_evaluate(model=lm, tasks=TASKS.value, num_fewshot=FEWSHOT.value,
                                   limit=LIMIT.value, task_manager=manager)
-    print(make_table(out))
+    _say(make_table(out))
     return out["results"]
 
 
@@ -114,7 +122,7 @@ def _main(argv: list[str]) -> None:
                          "the validation data); an HF directory has none")
     with jax.set_mesh(opened.mesh):
         results = _evaluate(opened)
-    if output is not None:
+    if output is not None and model_flags.lead():
         common.write_new_file(output, json.dumps(
             {"checkpoint": str(opened.loaded.path), "results": results}, indent=2,
             default=str) + "\n")

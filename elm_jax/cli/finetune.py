@@ -14,9 +14,8 @@ in the run directory.
 from __future__ import annotations
 
 from elm_jax.cli import common
+from elm_jax.cli.stopping import run_until_stopped
 from elm_jax.finetune.run import finetune
-from elm_jax.parallel import distributed
-from elm_jax.train.preemption import StopRequested, stop_at_once
 
 CONFIG = common.define_config_flag(common.default_experiment("finetune/shakespeare_lora"))
 
@@ -24,15 +23,8 @@ CONFIG = common.define_config_flag(common.default_experiment("finetune/shakespea
 def _main(argv: list[str]) -> None:
     del argv
     config = common.load_config(CONFIG)
-    distributed.initialize(config.distributed)  # before any array: join a multi-host run, if any
-    try:
-        with stop_at_once():  # before and after the training steps: nothing unsaved to lose
-            result = finetune(config)
-    except StopRequested as stop:
-        print(f"stopped by {stop} outside the training steps (nothing unsaved was lost); rerun the "
-              "same command to resume")
-        return
-    if result.train.preempted:
+    result = run_until_stopped(config, finetune)
+    if result is None or result.train.preempted:
         return
     summary = f"done: step {result.train.step}"
     if result.train.train_loss is not None:

@@ -6,12 +6,14 @@
 
 With ``--batch_size 1`` (the default) each completion is printed token by token as it is produced;
 larger batches print each completion when its batch is done. ``--output`` also writes one JSON
-object per prompt (prompt, completion, token counts) to a new file.
+object per prompt (prompt, completion, token counts) to a new file. On several processes
+(``--num_processes`` ..., see ``model_flags``) every process decodes and process 0 prints.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -135,9 +137,11 @@ def _main(argv: list[str]) -> None:
     output = common.new_output(OUTPUT.value)
     opened = model_flags.open_model()
     tokenizer = opened.tokenizer()
-    with jax.set_mesh(opened.mesh):
-        records = list(run_prompts(opened.loaded.model, tokenizer, texts))
-    if output is not None:
+    # Every process decodes (the model may span them); process 0 alone shows and writes the text.
+    with jax.set_mesh(opened.mesh), open(os.devnull, "w") as silent:
+        records = list(run_prompts(opened.loaded.model, tokenizer, texts,
+                                   out=sys.stdout if model_flags.lead() else silent))
+    if output is not None and model_flags.lead():
         common.write_new_file(output, "".join(json.dumps(r) + "\n" for r in records))
 
 

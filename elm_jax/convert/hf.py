@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,15 +18,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 from safetensors import safe_open
-from safetensors.flax import save_file
+from safetensors.flax import save as safetensors_bytes
 
 from elm_jax.common_types import CONFIG_FILE
 from elm_jax.config import ModelConfig
 from elm_jax.errors import CheckpointError, ConfigError, UsageError
 from elm_jax.model import OpenELM, abstract_model
 from elm_jax.scaling import per_layer_multipliers
+from elm_jax.storage import as_path, is_uri
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -279,26 +280,28 @@ def load_hf(path: str | os.PathLike, *, dtype: str = "float32",
 def check_new_output(path: str | os.PathLike) -> None:
     """Refuse an output that would replace something (checked again by ``save_hf``; callers check
     first so that nothing is loaded or computed in vain)."""
-    path = Path(path)
+    path = as_path(path)
     if path.is_file() or (path.is_dir() and any(path.iterdir())):
         raise UsageError(f"{path} exists and is not empty; choose a new output directory "
                          "(nothing was written)")
 
 
 def save_hf(config: ModelConfig, model: OpenELM, path: str | os.PathLike, *,
-            max_shard_bytes: int = 5 * 2**30, overwrite: bool = False) -> Path:
+            max_shard_bytes: int = 5 * 2**30, overwrite: bool = False) -> epath.Path:
     """Write ``config.json`` + safetensors (sharded with an index past ``max_shard_bytes``).
 
     Written to a temporary directory and renamed into place, so an interrupted export never
     leaves a half-written checkpoint; an existing non-empty directory is refused unless
-    ``overwrite``.
+    ``overwrite``. ``path`` may be an object-store URI (``gs://...``); files get the usual modes
+    (0755 / 0644 under the umask).
     """
-    path = Path(path)
+    path = as_path(path)
     if not overwrite:
         check_new_output(path)
     tensors = params_to_hf(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
+    tmp = path.parent / f".{path.name}.tmp{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
     try:
         (tmp / CONFIG_FILE).write_text(json.dumps(hf_config(config), indent=2))
         shards: list[dict[str, np.ndarray]] = [{}]
@@ -311,21 +314,33 @@ def save_hf(config: ModelConfig, model: OpenELM, path: str | os.PathLike, *,
             shards[-1][name] = tensors[name]
             size += nbytes
         meta = {"format": "pt"}
+        write = lambda shard, fname: (tmp / fname).write_bytes(  # noqa: E731
+            safetensors_bytes({k: jnp.asarray(v) for k, v in shard.items()}, meta))
         if len(shards) == 1:
-            save_file({k: jnp.asarray(v) for k, v in shards[0].items()}, tmp / SINGLE_FILE, meta)
+            write(shards[0], SINGLE_FILE)
         else:
             weight_map = {}
             for i, shard in enumerate(shards, 1):
                 fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                save_file({k: jnp.asarray(v) for k, v in shard.items()}, tmp / fname, meta)
+                write(shard, fname)
                 weight_map |= {name: fname for name in shard}
             total = sum(t.nbytes for t in tensors.values())
             (tmp / INDEX_FILE).write_text(json.dumps(
                 {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
         if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
+            path.rmtree()
+        _publish(tmp, path)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp)
+            tmp.rmtree()
     return path
+
+
+def _publish(tmp: epath.Path, path: epath.Path) -> None:
+    """Rename ``tmp`` to ``path``. Object stores cannot rename a folder: there each file is copied
+    and ``config.json`` last, so a folder without it is an unfinished export."""
+    if not is_uri(path):
+        tmp.rename(path)
+        return
+    for file in sorted(tmp.iterdir(), key=lambda f: f.name == CONFIG_FILE):
+        file.copy(path / file.name)

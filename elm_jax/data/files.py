@@ -23,6 +23,7 @@ from typing import IO, Any
 
 from elm_jax.common_types import FILE_ID
 from elm_jax.errors import DataError
+from elm_jax.storage import is_uri
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -53,22 +54,18 @@ class CorruptFile(DataError):
     """A file whose bytes cannot be decoded (bad or truncated gzip / zstd stream, bad Parquet)."""
 
 
-def is_remote(path: str) -> bool:
-    return "://" in path
-
-
 def resolve(path: str, root: str = "") -> str:
     """``path`` with ``~`` expanded, taken from ``root`` when relative."""
-    if is_remote(path):
+    if is_uri(path):
         return path
     path = os.path.expanduser(path)
     if root and not os.path.isabs(path):
-        return os.path.join(resolve(root), path) if not is_remote(root) else f"{root.rstrip('/')}/{path}"
+        return os.path.join(resolve(root), path) if not is_uri(root) else f"{root.rstrip('/')}/{path}"
     return path
 
 
 def is_file(path: str) -> bool:
-    if not is_remote(path):
+    if not is_uri(path):
         return os.path.isfile(path)
     from etils import epath
 
@@ -76,7 +73,7 @@ def is_file(path: str) -> bool:
 
 
 def _glob(pattern: str) -> list[str]:
-    if not is_remote(pattern):
+    if not is_uri(pattern):
         return sorted(m for m in glob.glob(pattern, recursive=True) if os.path.isfile(m))
     from etils import epath
 
@@ -127,7 +124,7 @@ def expand_paths(spec: str | Sequence[str], where: str, *, root: str = "",
 
 def map_paths(fn, items: Sequence[str]) -> list[Any]:
     """``fn`` over paths; in parallel threads when they are remote (each call is a round trip)."""
-    if not items or not is_remote(items[0]):
+    if not items or not is_uri(items[0]):
         return [fn(item) for item in items]
     with concurrent.futures.ThreadPoolExecutor(STAT_THREADS) as pool:
         return list(pool.map(fn, items))
@@ -135,7 +132,7 @@ def map_paths(fn, items: Sequence[str]) -> list[Any]:
 
 def stat(path: str) -> tuple[int, int]:
     """(size in bytes, modification time in ns) of a file: what cached indexes are keyed on."""
-    if not is_remote(path):
+    if not is_uri(path):
         st = os.stat(path)
         return st.st_size, st.st_mtime_ns
     from etils import epath
@@ -145,7 +142,7 @@ def stat(path: str) -> tuple[int, int]:
 
 
 def open_binary(path: str) -> IO[bytes]:
-    if not is_remote(path):
+    if not is_uri(path):
         return open(path, "rb")
     from etils import epath
 

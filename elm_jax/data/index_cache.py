@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 
 from elm_jax.data import files, paths
+from elm_jax.storage import is_uri
 
 
 def entry(kind: str, path: str, cache_dir: str | None, suffix: str) -> Path:
     """Where the index of ``kind`` for the current version of ``path`` lives."""
     size, mtime = files.stat(path)
-    absolute = path if files.is_remote(path) else os.path.abspath(path)
+    absolute = path if is_uri(path) else os.path.abspath(path)
     key = hashlib.sha256(absolute.encode()).hexdigest()[:24]
     return paths.cache_root(cache_dir) / "index" / kind / f"{key}-{size}-{mtime}{suffix}"
 

@@ -10,6 +10,11 @@ row by row with the configured weights, rows are batched to ``train.batch_size /
 and ``data.num_workers`` grain worker processes produce the batches (0: the calling thread does);
 they die with the process that started them (``elm_jax.data.workers``).
 
+"Process" index and count here mean the data shard a process loads: the trainer passes
+``elm_jax.parallel.mesh.data_shard`` of its mesh, which equals the process index and count only
+when no tensor axis spans processes. Before the first batch the processes check that they all see
+the same files (``elm_jax.data.agreement``).
+
 Every batch is a dict of NumPy arrays ``inputs``, ``targets`` (int32 [local_batch, seq_len]),
 ``loss_mask`` (float32, 0 on padding), ``segment_ids`` (int32, 0 = padding, documents from 1),
 ``positions`` (int32, restarting per document). The iterator's ``get_state()`` / ``set_state()``
@@ -34,7 +39,7 @@ import numpy as np
 from absl import flags
 
 from elm_jax.config import Config
-from elm_jax.data import stages
+from elm_jax.data import agreement, stages
 from elm_jax.data.files import MissingFiles
 from elm_jax.data.records import BadRecord, RecordParser
 from elm_jax.data.sources import DocumentSource, open_source, source_name
@@ -59,7 +64,9 @@ def make_iterator(config: Config, split: str, *, process_index: int | None = Non
     """This process's batches of ``split`` ("train" or "validation").
 
     Endless by default (``num_epochs=None``), so every process gets the same number of batches;
-    pass ``num_epochs`` for a finite single-process pass. Process index and count default to JAX's.
+    pass ``num_epochs`` for a finite single-process pass. ``process_index`` / ``process_count``
+    name the data shard to load (``elm_jax.parallel.mesh.data_shard``); they default to JAX's
+    process index and count, which is that shard when no tensor axis spans processes.
     ``num_workers`` overrides ``data.num_workers`` (e.g. 0 for a few evaluation batches, which
     then need no worker start-up); the same iterator started again gives the same batches.
     """
@@ -73,11 +80,13 @@ def make_dataset(config: Config, split: str, *, process_index: int | None = None
                  ) -> grain.IterDataset:
     """The grain dataset behind :func:`make_iterator` (for benchmarks and inspection)."""
     sources = _open_sources(config, split)  # first: missing data is the likeliest problem
+    agreement.check_same_data([src for _, src, _ in sources], split)
     process_index, process_count = _process(process_index, process_count)
     batch = config.train.batch_size
     if batch % process_count:
         raise ConfigError(f"train.batch_size={batch} is not divisible by the {process_count} "
-                          "processes; every process must load the same number of rows")
+                          "data shards (processes that load distinct rows); every shard must load "
+                          "the same number of rows")
     tokenizer = tokenizer or load_tokenizer(config)
     rows = {}
     for index, (name, src, weight) in enumerate(sources):
@@ -179,7 +188,7 @@ def _documents(config: Config, src: RecordParser, index: int, process_index: int
                                 process_count=process_count, num_epochs=num_epochs)
     if len(src) < process_count:
         raise DataError(f"source {src.name!r} has {len(src)} documents, fewer than the "
-                        f"{process_count} processes that must share it")
+                        f"{process_count} data shards that must share it")
     docs = grain.MapDataset.source(src).shuffle(seed=_seed(config, index))
     return docs[process_index::process_count].repeat(num_epochs)
 

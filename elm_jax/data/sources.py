@@ -41,6 +41,7 @@ from elm_jax.data import files, index_cache, paths, prepare
 from elm_jax.data.records import RecordParser
 from elm_jax.data.streams import StreamSource, parquet_parts
 from elm_jax.errors import ConfigError, DataError
+from elm_jax.storage import is_uri
 
 
 def source_name(index: int, src: Mapping[str, Any]) -> str:
@@ -186,7 +187,7 @@ def open_source(index: int, src: Mapping[str, Any], split: str, cache_dir: str |
                             f"{found[lists.index(False)]} JSON lines; make them two sources")
         if any(lists):
             return StreamSource(name, found, "json_list", field=field)
-    if any(files.map_paths(lambda path: files.is_remote(path) or files.compression(path), found)):
+    if any(files.map_paths(lambda path: is_uri(path) or files.compression(path), found)):
         return StreamSource(name, found, "json_lines" if kind == "jsonl" else "lines", field=field)
     records = LineIndex(found, cache_dir)
     return DocumentSource(name, records, field=field, json_records=kind == "jsonl", where=records.where,

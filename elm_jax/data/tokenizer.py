@@ -12,8 +12,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from etils import epath
+
 from elm_jax.data import paths
 from elm_jax.errors import DataError
+from elm_jax.storage import as_path
 
 if TYPE_CHECKING:
     from elm_jax.config import Config
@@ -30,7 +33,7 @@ class Tokenizer:
 
     def __init__(self, model_path: str | os.PathLike, *, pad_id: int | None = None,
                  num_threads: int = 1):
-        self.model_path = Path(model_path)
+        self.model_path = as_path(model_path)  # local or an object-store URI
         self._proto = _read_model(self.model_path)
         self._sp = _load_processor(self._proto, self.model_path)
         self.pad_id = self.vocab_size if pad_id is None else int(pad_id)
@@ -79,14 +82,14 @@ class Tokenizer:
         return f"Tokenizer({str(self.model_path)!r}, vocab_size={self.vocab_size}, pad_id={self.pad_id})"
 
 
-def _read_model(path: Path) -> bytes:
+def _read_model(path: epath.Path) -> bytes:
     if not path.is_file():
         raise DataError(f"tokenizer model {str(path)!r} does not exist; set data.tokenizer to a "
                         "SentencePiece .model file or to 'shakespeare' (see `elm-data prepare`)")
     return path.read_bytes()
 
 
-def _load_processor(proto: bytes, path: Path):
+def _load_processor(proto: bytes, path: epath.Path):
     import sentencepiece as spm
 
     try:

@@ -30,13 +30,15 @@ from elm_jax.eval.zeroshot import encode_text
 from elm_jax.infer import generate
 from elm_jax.infer.loading import inference_mesh, load_checkpoint, load_tokenizer
 from elm_jax.model import OpenELM
+from elm_jax.parallel import distributed
 
 
 @register_model("elm_jax")
 class ElmJaxLM(TemplateLM):
     """``model_args``: checkpoint (run or HF directory), tokenizer, add_bos_token (default True,
     as OpenELM's own evaluation), batch_size, max_length, max_gen_toks, dtype, cache_dtype, seed,
-    tensor_parallel (devices splitting each layer; the rest split the batch).
+    tensor_parallel (devices splitting each layer; the rest split the batch). Opening a checkpoint
+    joins a multi-process run first when the environment names one (``ELM_*``, SLURM, TPU VM).
     """
 
     def __init__(self, checkpoint: str | None = None, *, model: OpenELM | None = None,
@@ -49,6 +51,7 @@ class ElmJaxLM(TemplateLM):
         if model is None:
             if checkpoint is None:
                 raise UsageError("elm_jax needs model_args checkpoint=RUN_DIR|HF_DIR")
+            distributed.initialize()  # a multi-process run (ELM_* / SLURM / TPU VM), if any
             self.mesh = inference_mesh(int(tensor_parallel))
             loaded = load_checkpoint(checkpoint, dtype=dtype, mesh=self.mesh)
             model = loaded.model

@@ -25,6 +25,7 @@ from elm_jax.data.pipeline import make_iterator
 from elm_jax.errors import DataError, UsageError
 from elm_jax.infer.sharding import process_batch
 from elm_jax.model import OpenELM
+from elm_jax.parallel import mesh as mesh_lib
 
 FIELDS = ("inputs", "targets", "loss_mask")
 OPTIONAL = ("positions", "segment_ids")
@@ -83,5 +84,10 @@ def held_out_loss(model: OpenELM, config: Config, *, max_batches: int | None = N
     if not limit and jax.process_count() > 1:
         raise UsageError("a whole-split evaluation needs one process; set train.eval_batches "
                          "(or max_batches) to a positive number of batches")
-    batches = make_iterator(config, split, num_epochs=None if limit else 1)
+    index = count = None  # without a mesh: jax's process index and count
+    mesh = jax.sharding.get_mesh()
+    if not mesh.empty:  # the rows this process holds of the mesh's batches
+        index, count = mesh_lib.data_shard(mesh)
+    batches = make_iterator(config, split, num_epochs=None if limit else 1, process_index=index,
+                            process_count=count)
     return evaluate_loss(model, batches, max_batches=limit or None)

@@ -20,7 +20,7 @@ from flax import nnx
 
 from elm_jax.errors import UsageError
 from elm_jax.infer.decode import bucket
-from elm_jax.infer.sharding import global_batch
+from elm_jax.infer.sharding import global_batch, to_host
 from elm_jax.model import OpenELM
 
 
@@ -70,7 +70,7 @@ def score(model: OpenELM, requests: Sequence[tuple[Sequence[int], Sequence[int]]
             inp, tgt, n_cont = windows[i]
             inputs[row, :len(inp)], targets[row, :len(tgt)] = inp, tgt
             mask[row, len(tgt) - n_cont:len(tgt)] = 1.0
-        logprob, greedy = jax.device_get(_score_batch(
+        logprob, greedy = to_host(_score_batch(
             graphdef, params, global_batch(inputs), global_batch(targets), global_batch(mask)))
         for row, i in enumerate(chunk):
             results[i] = Scored(float(logprob[row]), bool(greedy[row]))

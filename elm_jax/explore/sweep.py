@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from elm_jax.common_types import CHECKPOINTS_DIR
 from elm_jax.config import Config, default_config, from_config_dict, to_config_dict
 from elm_jax.errors import ConfigError
 from elm_jax.explore.costs import model_costs
@@ -39,7 +40,7 @@ SCHEDULE_AXIS = "schedule"
 SWEEP_KEYS = ("name", "description", "base", "axes", "match", "compare")
 MATCH_DEFAULTS = {"cost": "params", "convention": "total", "tolerance": 0.01, "knob": "scale"}
 ALWAYS_DIFFER = ("name", "train.run_dir")  # set per cell
-CHECKPOINTS_DIR = "checkpoints"
+
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
+from etils import epath
 from flax import nnx
 
 from elm_jax.config import Config
@@ -34,7 +34,7 @@ from elm_jax.finetune.export import ADAPTER_PREFIX, save_adapter
 from elm_jax.finetune.objective import finetune_objective, layout, merged
 from elm_jax.model import abstract_params
 from elm_jax.parallel import mesh as mesh_lib
-from elm_jax.rundir import write_atomic
+from elm_jax.storage import as_path, write_atomic
 from elm_jax.train.loop import TrainResult, train
 from elm_jax.train.step import graphdef
 
@@ -45,7 +45,7 @@ DEMO_TASK = "shakespeare_plays"
 class FinetuneResult:
     config: Config  # as run: the base's model shapes
     train: TrainResult
-    adapter_path: Path | None = None
+    adapter_path: epath.Path | None = None
     before: TaskResult | None = None  # the demo's held-out accuracy of the base model
     after: TaskResult | None = None  # ... and of the tuned one
 
@@ -128,7 +128,7 @@ def finetune(config: Config, *, mesh: jax.sharding.Mesh | None = None,
     out = FinetuneResult(config, result, before=before)
     if result.preempted or result.state is None:
         return out
-    run_dir = Path(config.train.run_dir)
+    run_dir = as_path(config.train.run_dir)
     out.adapter_path = run_dir / f"{ADAPTER_PREFIX}{result.step}"
     # gathered whole on every process (it is small), written by the first
     trained = jax.jit(lambda p: p, out_shardings=mesh_lib.replicated(mesh))(result.state.params)

@@ -21,7 +21,7 @@ from flax import nnx
 from elm_jax.errors import UsageError
 from elm_jax.infer.cache import KVCache, forward_cached, init_cache
 from elm_jax.infer.sampling import Sampling, sample
-from elm_jax.infer.sharding import global_batch
+from elm_jax.infer.sharding import global_batch, to_host
 from elm_jax.model import OpenELM
 
 MIN_BUCKET = 16
@@ -228,7 +228,7 @@ def generate(model: OpenELM, prompt_ids: Any, max_new_tokens: int, *, temperatur
     last = jnp.int32(request.prompts.prompt_len + max_new_tokens - 1)
     state = _decode_loop(params=request.params, state=state, last=last, **request.static)
     produced = int(state.index) - request.prompts.prompt_len + 1
-    return jnp.asarray(_unpack(request.prompts, np.asarray(state.tokens), produced,
+    return jnp.asarray(_unpack(request.prompts, to_host(state.tokens), produced,
                                max_new_tokens, int(state.pad)))
 
 
@@ -248,7 +248,7 @@ def stream(model: OpenELM, prompt_ids: Any, max_new_tokens: int, *, temperature:
     for produced in range(1, max_new_tokens + 1):
         if produced > 1:
             state = _step(params=request.params, state=state, **request.static)
-        tokens, done = jax.device_get((state.tokens[:batch, state.index], state.done[:batch]))
+        tokens, done = to_host((state.tokens[:batch, state.index], state.done[:batch]))
         yield Step(np.asarray(tokens, np.int32), np.asarray(done))
         if done.all():
             return

@@ -11,10 +11,11 @@ import dataclasses
 from pathlib import Path
 
 import jax
+from etils import epath
 from flax import nnx
 
 from elm_jax import rundir
-from elm_jax.checkpoint import load_model
+from elm_jax.checkpoint import load_model_reporting
 from elm_jax.common_types import TOKENIZER_FILE
 from elm_jax.config import Config, MeshConfig, ModelConfig
 from elm_jax.convert.hf import load_hf
@@ -22,13 +23,15 @@ from elm_jax.data.tokenizer import Tokenizer
 from elm_jax.errors import UsageError
 from elm_jax.model import OpenELM, abstract_params
 from elm_jax.parallel.mesh import make_mesh, param_shardings
+from elm_jax.storage import as_path
 
 
 @dataclasses.dataclass
 class Loaded:
     model: OpenELM
-    path: Path
+    path: epath.Path
     config: Config | None  # the experiment config of a run directory; None for HF exports
+    report: str | None = None  # run directories: the step loaded and any newer ones skipped
 
     @property
     def model_config(self) -> ModelConfig:
@@ -55,12 +58,12 @@ def load_checkpoint(path: str | Path, *, dtype: str | None = None,
     ``dtype`` overrides the compute dtype (e.g. bfloat16 for serving); with a ``mesh`` the
     parameters are sharded over it like training's (tensor-parallel decoding).
     """
-    path = Path(path).expanduser()
+    path = as_path(path)
     if rundir.checkpoint_kind(path) == "hf":
         _, model = load_hf(path, dtype=dtype or "float32")
         return Loaded(place(model, mesh) if mesh is not None else model, path, None)
-    config, model = load_model(path, mesh=mesh, dtype=dtype)
-    return Loaded(model, path, config)
+    config, model, report = load_model_reporting(path, mesh=mesh, dtype=dtype)
+    return Loaded(model, path, config, report.line())
 
 
 def load_tokenizer(loaded: Loaded, explicit: str | Path | None = None) -> Tokenizer:

@@ -8,9 +8,12 @@ never reshards a cache. Without a mesh every function here is the identity (or a
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
 from elm_jax.parallel import mesh as mesh_lib
@@ -33,6 +36,21 @@ def global_batch(array: np.ndarray) -> jax.Array:
         return jnp.asarray(array)
     spec = logical_to_spec(("batch",) + (None,) * (array.ndim - 1), array.shape, mesh)
     return jax.device_put(array, NamedSharding(mesh, spec))
+
+
+def to_host(tree: Any) -> Any:
+    """Device arrays -> NumPy, whole, on every process.
+
+    A batch sharded over several processes' devices has rows this process cannot read
+    (``device_get`` fails: "spans non-addressable devices"); those are gathered from every process
+    (``process_allgather``), a collective, so all processes call this at the same point.
+    """
+    def fetch(x: Any) -> np.ndarray:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(fetch, tree)
 
 
 def process_batch(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:

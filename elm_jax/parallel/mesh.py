@@ -16,9 +16,10 @@ odd vocabulary) is replicated likewise.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -53,15 +54,19 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> j
     """The ("data", "fsdp", "tensor") mesh over ``devices`` (default: all of them).
 
     Axes are ``Auto`` (the compiler propagates shardings from the ones we pin on parameters and
-    batches), so model code needs no sharding annotations to be correct. Devices of several TPU
-    slices get a hybrid mesh whose ``data`` axis alone crosses slices (``multislice``).
+    batches), so model code needs no sharding annotations to be correct. Devices are laid out in
+    jax's topology-aware order (torus position on TPU, device id elsewhere, which is
+    process-major), so "tensor", the innermost axis, stays inside a host whenever it fits. Devices
+    of several TPU slices get a hybrid mesh whose ``data`` axis alone crosses slices
+    (``multislice``).
     """
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(cfg, len(devices))
     axis_types = (jax.sharding.AxisType.Auto,) * len(AXES)
     if multislice.num_slices(devices) > 1:
         return multislice.hybrid_mesh(shape, AXES, devices, axis_types)
-    return jax.make_mesh(shape, AXES, axis_types=axis_types, devices=devices)
+    # Not jax.make_mesh: it takes the per-host slice_index of GPU devices for TPU slices.
+    return jax.sharding.Mesh(multislice.device_grid(shape, devices), AXES, axis_types=axis_types)
 
 
 def single_device_mesh(device: jax.Device | None = None) -> jax.sharding.Mesh:
@@ -153,12 +158,62 @@ def check_batch_divides(mesh: jax.sharding.Mesh, global_batch: int, microbatches
             f"multiple of {shards * microbatches} or change mesh.data / mesh.fsdp")
 
 
+class DataShard(NamedTuple):
+    """The part of every global batch one process loads: shard ``index`` of ``count`` equal,
+    disjoint sets of rows (what the data pipeline takes as process index and count)."""
+
+    index: int
+    count: int
+
+
+def _rows_per_process(mesh: jax.sharding.Mesh) -> dict[int, tuple[int, ...]]:
+    """The row blocks (positions along the flattened batch axes) each process's devices hold."""
+    batch = [mesh.axis_names.index(a) for a in BATCH_AXES]
+    grid = np.moveaxis(mesh.devices, batch, list(range(len(batch))))
+    blocks = grid.reshape(math.prod(grid.shape[:len(batch)]), -1)
+    held: dict[int, set[int]] = {}
+    for block, devices in enumerate(blocks):
+        for device in devices:
+            held.setdefault(device.process_index, set()).add(block)
+    return {process: tuple(sorted(rows)) for process, rows in held.items()}
+
+
+@functools.lru_cache(maxsize=16)
+def data_shard(mesh: jax.sharding.Mesh, process_index: int | None = None) -> DataShard:
+    """Which rows of each global batch ``process_index`` (default: this process) loads.
+
+    A batch's rows are split in blocks over the ("data", "fsdp") devices; a process holds the
+    blocks of its devices, which need not be neighbours (on TPU pods jax's torus order interleaves
+    hosts; ``make_array_from_process_local_data`` takes them in order). Processes whose devices
+    differ only along "tensor" hold the same blocks: with a tensor axis across processes (one
+    process per GPU, a tensor group wider than a TPU host) there are fewer data shards than
+    processes, and the processes of one tensor group load the same shard. Raises
+    ``ConfigError`` when the processes' blocks are not equal, disjoint shares of the batch.
+    """
+    process = jax.process_index() if process_index is None else process_index
+    held = _rows_per_process(mesh)
+    if process not in held:
+        raise ConfigError(f"process {process} has no device in the mesh {dict(mesh.shape)}; build "
+                          "the mesh over every process's devices")
+    shards = sorted(set(held.values()))
+    blocks = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if (len({len(s) for s in shards}) != 1
+            or sorted(b for s in shards for b in s) != list(range(blocks))):
+        raise ConfigError(
+            f"mesh {dict(mesh.shape)}: the processes hold batch rows {sorted(held.items())} (row "
+            "blocks along data x fsdp), not equal, disjoint shares that each process can load; "
+            "give every process the same number of devices, or change the mesh axes")
+    return DataShard(shards.index(held[process]), len(shards))
+
+
 def global_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-    """This process's rows -> one global array per field, sharded over the batch axes."""
+    """This process's rows (its ``data_shard``) -> one global array per field, sharded over the
+    batch axes."""
+    shards = data_shard(mesh).count
     out = {}
     for name, local in batch.items():
         local = np.asarray(local)
-        shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
+        shape = (local.shape[0] * shards, *local.shape[1:])
         out[name] = jax.make_array_from_process_local_data(batch_sharding(mesh, local.ndim), local,
                                                            shape)
     return out

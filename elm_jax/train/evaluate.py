@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from elm_jax.config import Config
 from elm_jax.errors import DataError
@@ -23,9 +24,12 @@ from elm_jax.train.step import ObjectiveBuilder, make_eval_step, pretraining
 IteratorFactory = Callable[..., Iterator[dict[str, np.ndarray]]]
 
 
-def process_kwargs() -> dict[str, int]:
-    """This process's index and the process count, as the data pipeline takes them."""
-    return {"process_index": jax.process_index(), "process_count": jax.process_count()}
+def process_kwargs(mesh: jax.sharding.Mesh) -> dict[str, int]:
+    """The data shard this process loads on ``mesh``, as the data pipeline's process index and
+    count: processes that hold the same batch rows (a tensor axis across processes) load the same
+    shard (``elm_jax.parallel.mesh.data_shard``)."""
+    shard = mesh_lib.data_shard(mesh)
+    return {"process_index": shard.index, "process_count": shard.count}
 
 
 class Evaluator:
@@ -41,7 +45,7 @@ class Evaluator:
 
     def batches(self) -> list[dict[str, np.ndarray]]:
         if self._batches is None:
-            iterator = self._make_iterator(self.config, "validation", **process_kwargs())
+            iterator = self._make_iterator(self.config, "validation", **process_kwargs(self.mesh))
             wanted = max(1, self.config.train.eval_batches)  # at least one: the end-of-run samples
             self._batches = [batch for _, batch in zip(range(wanted), iterator)]
             if not self._batches:
@@ -58,15 +62,33 @@ class Evaluator:
         return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 700.0))}
 
 
-def training_unigram_entropy(config: Config, make_iterator: IteratorFactory,
-                             max_tokens: int) -> float:
-    """Entropy of the token frequencies in (up to ``max_tokens`` of) the training stream."""
+def training_unigram_entropy(config: Config, make_iterator: IteratorFactory, max_tokens: int,
+                             mesh: jax.sharding.Mesh) -> float:
+    """Entropy of the token frequencies in (about ``max_tokens`` of) the training stream.
+
+    Every data shard reads its share of the tokens and the counts are summed over the shards
+    (once per shard, however many processes load it), so the baseline describes the whole
+    stream, not process 0's part of it. A collective: every process calls it.
+    """
+    shard = mesh_lib.data_shard(mesh)
     counts = np.zeros(config.model.vocab_size, np.int64)
-    seen = 0
-    for batch in make_iterator(config, "train", **process_kwargs()):
+    seen, budget = 0, max(1, max_tokens // shard.count)
+    for batch in make_iterator(config, "train", **process_kwargs(mesh)):
         mask = np.asarray(batch["loss_mask"]) > 0
         counts += np.bincount(np.asarray(batch["targets"])[mask], minlength=counts.size)
         seen += int(mask.sum())
-        if seen >= max_tokens:
+        if seen >= budget:
             break
-    return unigram_entropy(counts)
+    return unigram_entropy(_sum_over_shards(counts, shard.index))
+
+
+def _sum_over_shards(counts: np.ndarray, shard: int) -> np.ndarray:
+    """``counts`` summed over the data shards, taking each shard's first process."""
+    if jax.process_count() == 1:
+        return counts
+    gathered = multihost_utils.process_allgather(
+        {"counts": counts.astype(np.int32), "shard": np.int32(shard)})
+    first_of_shard: dict[int, int] = {}
+    for process, index in enumerate(np.asarray(gathered["shard"]).tolist()):
+        first_of_shard.setdefault(index, process)
+    return np.asarray(gathered["counts"], np.int64)[sorted(first_of_shard.values())].sum(axis=0)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 
 from elm_jax import rundir
 from elm_jax.checkpoint import Checkpointer
@@ -23,6 +24,9 @@ from elm_jax.data.tokenizer import load_tokenizer
 from elm_jax.errors import TrainingError
 from elm_jax.model import abstract_params, flops_per_token
 from elm_jax.parallel import mesh as mesh_lib
+from elm_jax.parallel.consensus import decided_by_process_0
+from elm_jax.runlock import RunLock
+from elm_jax.storage import as_path
 from elm_jax.train.evaluate import Evaluator, IteratorFactory, process_kwargs, training_unigram_entropy
 from elm_jax.train.metrics import MetricsWriter, Throughput, summarize
 from elm_jax.train.preemption import PreemptionGuard
@@ -61,32 +65,46 @@ def due(step: int, every: int, total: int) -> bool:
     return step % every == 0 or step == total
 
 
-def train(config: Config, *, make_iterator: IteratorFactory | None = None, tokenizer: Any = None,
-          mesh: jax.sharding.Mesh | None = None, export: bool = True,
-          entropy_tokens: int = ENTROPY_TOKENS, show_progress: bool | None = None,
-          compiler_options: dict[str, Any] | None = None,
-          objective: ObjectiveBuilder = pretraining) -> TrainResult:
+def train(config: Config, **kwargs: Any) -> TrainResult:
+    """``_train`` holding the run directory's lock (process 0 holds it for all processes)."""
+    check_run_dir_writable(config.train.run_dir)
+    lock = RunLock(as_path(config.train.run_dir))
+    decided_by_process_0(lock.acquire, TrainingError)
+    try:
+        return _train(config, **kwargs)
+    finally:
+        lock.release()
+
+
+def _train(config: Config, *, make_iterator: IteratorFactory | None = None, tokenizer: Any = None,
+           mesh: jax.sharding.Mesh | None = None, export: bool = True,
+           entropy_tokens: int = ENTROPY_TOKENS, show_progress: bool | None = None,
+           compiler_options: dict[str, Any] | None = None,
+           objective: ObjectiveBuilder = pretraining) -> TrainResult:
     """Train ``config`` in ``config.train.run_dir``, resuming from its newest checkpoint.
 
-    ``make_iterator(config, split, process_index=, process_count=)`` defaults to the data pipeline
+    ``make_iterator(config, split, process_index=, process_count=)`` (this process's data shard,
+    ``elm_jax.parallel.mesh.data_shard``) defaults to the data pipeline
     (which also supplies the tokenizer); tests pass their own. ``entropy_tokens`` training tokens
     are read first for the unigram-entropy baseline (0: skip). ``compiler_options`` go to XLA for
     the train and eval steps. ``objective`` says what is trained (``elm_jax.finetune`` passes its
     own: adapters over a frozen base, SFT or DPO).
     """
-    check_run_dir_writable(config.train.run_dir)
     if make_iterator is None:
         ensure_prepared(config)
         make_iterator, tokenizer = pipeline_iterator, load_tokenizer(config)
     tcfg = config.train
-    run_dir = rundir.prepare_run_dir(config, getattr(tokenizer, "model_path", None))
+    tokenizer_path = getattr(tokenizer, "model_path", None)
+    decided_by_process_0(lambda: rundir.check_run_dir(config, tokenizer_path), TrainingError)
+    run_dir = as_path(tcfg.run_dir)
+    rundir.clean_stale_exports(run_dir)
     mesh = mesh or mesh_lib.make_mesh(config.mesh)
     train_step = make_train_step(config, mesh, compiler_options=compiler_options, objective=objective)
     evaluator = Evaluator(config, mesh, make_iterator, compiler_options, objective)
     if tcfg.eval_batches or (tokenizer is not None and tcfg.sample_lines):
         evaluator.batches()  # read the held-out rows now: an unusable split fails before any step
     checkpointer = Checkpointer(run_dir, config)
-    train_iter = make_iterator(config, "train", **process_kwargs())
+    train_iter = make_iterator(config, "train", **process_kwargs(mesh))
     restored = restore_state(checkpointer, train_step.state_shapes, train_iter)
     state = train_step.init() if restored is None else train_step.resume(restored)
     step = 0 if restored is None else int(jax.device_get(state.step))
@@ -100,7 +118,8 @@ def train(config: Config, *, make_iterator: IteratorFactory | None = None, token
         say(f"sharding: {note}")
     result = TrainResult(step=step, preempted=False)
     if entropy_tokens > 0:
-        result.unigram_entropy = training_unigram_entropy(config, make_iterator, entropy_tokens)
+        result.unigram_entropy = training_unigram_entropy(config, make_iterator, entropy_tokens,
+                                                         mesh)
         say(f"unigram entropy of the training tokens: {result.unigram_entropy:.3f} nats")
 
     throughput = Throughput(tcfg.batch_size * config.data.seq_len,
@@ -122,6 +141,7 @@ def train(config: Config, *, make_iterator: IteratorFactory | None = None, token
                 writer.advance()
                 if step == result.step + 1:  # the first step of this process compiled the step
                     jax.block_until_ready(metrics)
+                    rundir.record_identity(config, tokenizer_path)  # the run has started
                     say(f"step {step}: compiled and ran the first step in "
                         f"{throughput.measure()['step_time']:.1f} s")
                 preempted = guard.reached(step, checkpointer)
@@ -150,6 +170,8 @@ def train(config: Config, *, make_iterator: IteratorFactory | None = None, token
             result.hf_path = rundir.export_hf(config, train_step.model_params(state), run_dir, step)
             if result.hf_path is not None:
                 say(f"exported HF weights to {result.hf_path}")
+            if jax.process_count() > 1:  # nobody exits while process 0 still writes the export
+                multihost_utils.sync_global_devices("elm_jax: HF export written")
         if tokenizer is not None and tcfg.sample_lines > 0 and jax.process_count() == 1:
             rows = [row for b in evaluator.batches() for row in b["inputs"]][:tcfg.sample_lines]
             result.samples = sample_lines(config, train_step.model_params(state), rows, tokenizer,

@@ -1,13 +1,19 @@
 """Training metrics: JSONL + TensorBoard event files in the run directory, a tqdm bar, throughput and
-MFU (model FLOPs over the devices' peak; "n/a" where we do not know the peak, e.g. on CPU)."""
+MFU (model FLOPs over the devices' peak; "n/a" where we do not know the peak, e.g. on CPU).
+
+In an object-store run directory (``gs://...``) ``metrics.jsonl`` is rewritten whole at most every
+``URI_FLUSH_SECONDS`` (objects cannot be appended to; ``elm_jax.storage.LineLog``) and so are the
+event files (tensorboardX's own GCS writer, through ``google-cloud-storage``); other URI schemes
+get no event files, with one warning."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -16,6 +22,10 @@ from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from elm_jax.common_types import METRICS_FILE, TENSORBOARD_DIR, peak_flops_of
+from elm_jax.storage import LineLog, as_path, is_uri
+
+log = logging.getLogger(__name__)
+URI_FLUSH_SECONDS = 30.0  # how often metrics reach an object store (and at the end of the run)
 
 
 def peak_flops(device: jax.Device | None = None) -> float | None:
@@ -82,16 +92,18 @@ class MetricsWriter:
     progress bar on a terminal; where no bar is drawn (a log file, CI, SLURM) one plain line per
     logged step instead (step, loss, tokens/s, ETA). Only process 0 writes."""
 
-    def __init__(self, run_dir: str | Path, *, total_steps: int, start_step: int,
+    def __init__(self, run_dir: str | os.PathLike, *, total_steps: int, start_step: int,
                  show_progress: bool | None = None):
         self.enabled = jax.process_index() == 0
         self._jsonl = self._tb = self._bar = None
         if not self.enabled:
             return
-        run_dir = Path(run_dir)
+        run_dir = as_path(run_dir)
         self._total = total_steps
-        self._jsonl = open(run_dir / METRICS_FILE, "a")  # noqa: SIM115 (closed in close())
-        self._tb = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
+        self._flush_seconds = URI_FLUSH_SECONDS if is_uri(run_dir) else 0.0
+        self._flushed = time.monotonic()
+        self._jsonl = LineLog(run_dir / METRICS_FILE, flush_seconds=self._flush_seconds)
+        self._tb = _event_writer(run_dir / TENSORBOARD_DIR)
         self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                          disable=None if show_progress is None else not show_progress)
 
@@ -103,12 +115,14 @@ class MetricsWriter:
         if not self.enabled:
             return
         record = {"step": step, **record}
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                self._tb.add_scalar(key, value, step)
-        self._tb.flush()
+        self._jsonl.write_line(json.dumps(record))
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, step)
+            if time.monotonic() - self._flushed >= self._flush_seconds:
+                self._tb.flush()
+                self._flushed = time.monotonic()
         shown = {k: record[k] for k in ("loss", "val_loss", "grad_norm", "tokens_per_sec", "mfu")
                  if k in record}
         self._bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in shown.items()},
@@ -124,8 +138,25 @@ class MetricsWriter:
     def close(self) -> None:
         if self.enabled:
             self._bar.close()
-            self._tb.close()
+            if self._tb is not None:
+                self._tb.close()
             self._jsonl.close()
+
+
+def _event_writer(directory) -> SummaryWriter | None:
+    """TensorBoard events in ``directory``: local or ``gs://`` (None, with a warning, elsewhere)."""
+    if not is_uri(directory):
+        return SummaryWriter(os.fspath(directory))
+    if os.fspath(directory).startswith("gs://"):
+        try:
+            return SummaryWriter(os.fspath(directory))
+        except Exception as err:  # noqa: BLE001 (no google-cloud-storage, no credentials...)
+            reason = f"{type(err).__name__}: {err}"
+    else:
+        reason = "tensorboardX writes only local and gs:// event files"
+    log.warning("no TensorBoard events in %s (%s); metrics.jsonl still has every logged step",
+                directory, reason)
+    return None
 
 
 def plain_line(step: int, total: int, record: Mapping[str, Any]) -> str:

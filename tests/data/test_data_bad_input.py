@@ -103,10 +103,10 @@ def test_an_enormous_document_streams_piece_by_piece(make_config, jsonl_source, 
 
 def test_indivisible_batch_and_too_few_documents(make_config, jsonl_source, documents):
     config = make_config([jsonl_source(documents(3))], batch_size=3)
-    with pytest.raises(ConfigError, match="not divisible by the 2 processes"):
+    with pytest.raises(ConfigError, match="not divisible by the 2 data shards"):
         pipeline.make_iterator(config, "train", process_index=0, process_count=2)
     config = make_config([jsonl_source(documents(3))], batch_size=4)
-    with pytest.raises(DataError, match="3 documents, fewer than the 4 processes"):
+    with pytest.raises(DataError, match="3 documents, fewer than the 4 data shards"):
         pipeline.make_iterator(config, "train", process_index=0, process_count=4)
     assert np.all(next(make(config))["segment_ids"] >= 0)
 

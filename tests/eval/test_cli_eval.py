@@ -41,6 +41,7 @@ def test_elm_eval_on_a_run_directory_reports_perplexity_and_tasks(checkpoint, tm
             f"--output={result_file}"]
     out = run_module("elm_jax.cli.eval", *args)
     assert out.returncode == 0, out.stderr
+    assert f"loaded step 0 of {run_dir}\n" in out.stderr  # the step it read, not on stdout
 
     loaded = load_checkpoint(run_dir)
     assert loaded.config == config

@@ -66,8 +66,10 @@ def test_cell_experiment_rebuilds_the_same_config_for_launched_hosts(ablation):
 
 
 def test_launch_dry_run_prints_each_cells_launcher_commands(tmp_path):
+    # --signal-lead: slurm.py would otherwise import jax per cell to size it from the model
     out = run_module("elm_jax.cli.sweep", f"--sweep={ABLATION}", "--dry-run", "--launch=slurm",
-                     f"--out={tmp_path}", "--", "--nodes=2", "--gpus-per-node=4")
+                     f"--out={tmp_path}", "--", "--nodes=2", "--gpus-per-node=4",
+                     "--signal-lead=300")
     assert out.returncode == 0, out.stderr
     scripts = out.stdout.split("#SBATCH --job-name=")[1:]
     assert len(scripts) == 12

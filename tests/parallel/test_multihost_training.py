@@ -3,18 +3,16 @@ the parameters of one process with 4 devices that sees the same global batches."
 
 import jax
 import numpy as np
-from localhost import base_env, free_port, run_processes
+from localhost import explicit_envs, largest_difference, run_processes
 from multiprocess_worker import small_config
 
 from elm_jax.parallel import mesh as mesh_lib
 
 
 def _two_processes(cache_dir, *args):
-    address = f"127.0.0.1:{free_port()}"
     # The restarted run reuses the first run's compiled step from jax's persistent cache.
-    cache = {"JAX_COMPILATION_CACHE_DIR": str(cache_dir), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    envs = [{**base_env(2), **cache, "ELM_COORDINATOR_ADDRESS": address, "ELM_NUM_PROCESSES": "2",
-             "ELM_PROCESS_ID": str(i)} for i in range(2)]
+    envs = explicit_envs(2, 2, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+                         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     return run_processes(["train", *args], envs, timeout=240)
 
 
@@ -57,13 +55,6 @@ def test_two_processes_match_one_process_through_a_checkpoint_restart(tmp_path):
     _, model = load_model(run_dir, step=4)
     trained = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     initial, expected = _reference_params(config)
-
-    def largest_difference(a, b):
-        flat_b = dict(jax.tree_util.tree_leaves_with_path(b))
-        flat_a = jax.tree_util.tree_leaves_with_path(a)
-        assert len(flat_a) == len(flat_b)
-        return max(float(np.max(np.abs(np.asarray(v) - np.asarray(flat_b[k])))) for k, v in flat_a)
-
     worst = largest_difference(trained, expected)
     moved = largest_difference(initial, expected)  # four steps changed the parameters
     assert worst < 1e-5 and moved > 1000 * worst, (worst, moved)

@@ -98,13 +98,19 @@ def test_nan_loss_skipped_when_configured(tmp_path):
     assert [r["nonfinite"] for r in records(tmp_path)] == [0, 0, 1, 0]
 
 
-def test_run_dir_of_another_model_is_refused(trained_run, tmp_path):
+@pytest.mark.parametrize("config_json", [True, False])
+def test_run_dir_of_another_model_is_refused(trained_run, tmp_path, config_json):
+    """Its checkpoints decide, through config.json or, without it, their own stored config."""
     config, result = trained_run
-    shutil.copy(result.hf_path.parent / "config.json", tmp_path / "config.json")
+    run_dir = tmp_path / "run"
+    shutil.copytree(result.hf_path.parent, run_dir, ignore=shutil.ignore_patterns("hf-*"))
+    if not config_json:
+        (run_dir / "config.json").unlink()
     other = dataclasses.replace(config, model=dataclasses.replace(config.model, model_dim=48),
-                                train=dataclasses.replace(config.train, run_dir=str(tmp_path)))
+                                train=dataclasses.replace(config.train, run_dir=str(run_dir)))
     with pytest.raises(TrainingError, match="different model"):
         run(other)
+    assert (run_dir / "config.json").exists() == config_json  # nothing rewritten
 
 
 def test_elm_convert_exports_a_run_directory(trained_run, tmp_path):
@@ -115,6 +121,7 @@ def test_elm_convert_exports_a_run_directory(trained_run, tmp_path):
          "--output", str(tmp_path / "bf16"), "--param_dtype", "bfloat16"],
         capture_output=True, text=True, cwd=root, env=os.environ | {"PYTHONPATH": str(root)})
     assert out.returncode == 0, out.stderr[-2000:]
+    assert f"loaded step 8 of {result.hf_path.parent}\n" in out.stderr  # the step it read
     cfg, model = load_hf(tmp_path / "bf16")
     assert cfg.param_dtype == "bfloat16"
     for got, want in zip(jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
