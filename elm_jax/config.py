@@ -352,7 +352,8 @@ class DistributedConfig:
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
     """``elm-finetune``: the model to start from, what trains, the data and the loss (unused by
-    ``elm-train``). Defaults are the paper's LoRA recipe (docs/OPENELM.md, "Fine-tuning")."""
+    ``elm-train``). Defaults are the paper's LoRA recipe (docs/OPENELM.md, "Fine-tuning") but for
+    dropout (the recipes in experiments/finetune/ set its 0.1)."""
 
     base: str = ""  # HF OpenELM directory or elm-train run directory to start from
     method: str = "sft"  # sft: cross-entropy on response tokens; dpo: preference pairs
