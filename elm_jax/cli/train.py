@@ -32,7 +32,7 @@ def _main(argv: list[str]) -> None:
     print(summary)
 
 
-main = common.entry(_main)
+main = common.entry(_main, stops_cleanly=True)
 
 if __name__ == "__main__":
     main()
