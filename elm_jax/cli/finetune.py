@@ -6,9 +6,9 @@
         --config.finetune.train_file=commonsense_170k.json
 
 Resumes ``train.run_dir`` when it holds checkpoints: SIGTERM or Ctrl-C saves the step in progress
-and exits 0, and the same command continues. Leaves ``hf-step<N>/`` (the merged model, HF layout)
-and ``adapter-step<N>/`` (what was trained, for ``elm-generate --adapter`` / ``elm-eval --adapter``)
-in the run directory.
+and exits 0 (also while it starts: nothing to save then), and the same command continues. Leaves
+``hf-step<N>/`` (the merged model, HF layout) and ``adapter-step<N>/`` (what was trained, for
+``elm-generate --adapter`` / ``elm-eval --adapter``) in the run directory.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _main(argv: list[str]) -> None:
     print(summary)
 
 
-main = common.entry(_main)
+main = common.entry(_main, stops_cleanly=True)
 
 if __name__ == "__main__":
     main()
