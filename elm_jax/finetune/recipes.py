@@ -10,7 +10,8 @@
 
 Pure Python, like ``elm_jax.presets``: ``experiments/finetune/*.py`` call ``peft_config`` and
 ``dpo_config``. Starting models are the released HF checkpoints (vocabulary 32,000, LLaMA-2's
-tokenizer): set ``finetune.base`` and ``data.tokenizer`` on the command line.
+tokenizer): ``finetune.base`` defaults to ``OpenELM-<SIZE>`` in the working directory; set it and
+``data.tokenizer`` on the command line.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def _released(size: str, name: str) -> ml_collections.ConfigDict:
     """A size's config shaped like the released checkpoint, to fine-tune (not pretrain)."""
     config = openelm_config(size)
     config.name = f"openelm_{size}_{name}"
+    # a download of apple/OpenELM-<SIZE> into the working directory (override to start elsewhere);
+    # set here so that elm-plan plans the fine-tuning state (frozen base, adapters' optimizer state)
+    config.finetune.base = f"OpenELM-{size.replace('_', '.').upper()}"
     config.model.vocab_size = 32000  # the released checkpoints (CoreNet trains with 32128)
     config.data.pad_id = 0  # padding is masked and attends to nothing; the vocabulary has no spare id
     config.train.run_dir = f"runs/openelm_{size}_{name}"

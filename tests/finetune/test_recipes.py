@@ -37,6 +37,8 @@ def test_peft_recipe(adapter, size):
     ft, train = config.finetune, config.train
     assert (ft.method, ft.adapter, ft.format) == ("sft", adapter, "alpaca")
     assert (ft.rank, ft.alpha, ft.dropout, ft.rslora) == (32, 32.0, 0.1, False)
+    assert ft.base == {"270m": "OpenELM-270M", "450m": "OpenELM-450M", "1_1b": "OpenELM-1.1B",
+                       "3b": "OpenELM-3B"}[size]  # set, so elm-plan plans the fine-tuning state
     assert set(ft.targets) == {"token_embeddings", "qkv_proj", "out_proj", "proj_1", "proj_2"}
     assert ft.trainable == ()  # base weights and norms frozen
     assert (train.b1, train.b2, train.eps, train.weight_decay, train.grad_clip) == (0.9, 0.95, 1e-8, 0.0, 1.0)
