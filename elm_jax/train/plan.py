@@ -79,6 +79,8 @@ class Plan:
     hbm_fraction: float
     state_bytes: int  # parameters + optimizer state + step counters, per chip (from shardings)
     batch_bytes: int
+    optimizer_bytes: int = 0  # the optimizer state's share of state_bytes
+    trainable: int = 0  # parameters with optimizer state (all in pretraining, adapters in LoRA)
     argument_bytes: int | None = None  # the rest come from compiled.memory_analysis()
     output_bytes: int | None = None
     alias_bytes: int | None = None
@@ -188,7 +190,10 @@ def plan(config: Config, topology: Topology, *, build_step: StepBuilder = defaul
     result = Plan(config=config, topology=topology, mesh_shape=dict(mesh.shape),
                   hbm_bytes=topology.chip.hbm_bytes, hbm_fraction=hbm_fraction,
                   state_bytes=_shard_bytes(step.state_shapes),
-                  batch_bytes=_shard_bytes(step.batch_shapes))
+                  batch_bytes=_shard_bytes(step.batch_shapes),
+                  optimizer_bytes=_shard_bytes(getattr(step.state_shapes, "opt_state", ())),
+                  trainable=sum(math.prod(x.shape) for x in jax.tree.leaves(
+                      getattr(step.state_shapes, "params", ()))))
     # When the state alone is over budget the compile cannot succeed: skip it (minutes, for 3B).
     if not precheck or result.state_bytes + result.batch_bytes <= result.budget_bytes:
         result = _compile(result, step)
@@ -360,6 +365,11 @@ def _gib(value: int | None) -> str:
     return "-" if value is None else f"{value / GIB:8.2f} GiB"
 
 
+def _size(value: int) -> str:
+    """GiB, or MiB below one GiB (a LoRA run's optimizer state is a few MiB)."""
+    return _gib(value) if value >= GIB else f"{value / 2 ** 20:8.2f} MiB"
+
+
 def report(result: Plan, mfu: float) -> str:
     """The plan as the text ``elm-plan`` prints."""
     cfg, topology = result.config, result.topology
@@ -373,6 +383,8 @@ def report(result: Plan, mfu: float) -> str:
         f"attention: {attention_impl(cfg)}",
         "per-chip memory:",
         f"  parameters + optimizer state {_gib(result.state_bytes)}   (from the shardings)",
+        f"    of which optimizer state   {_size(result.optimizer_bytes)}   (for "
+        f"{result.trainable:,} trainable parameters)",
         f"  batch                        {_gib(result.batch_bytes)}",
     ]
     if result.compiled:
