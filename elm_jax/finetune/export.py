@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from elm_jax.config import Config, from_config_dict
@@ -26,36 +24,36 @@ from elm_jax.finetune.objective import layout, merged, trainable_shapes
 from elm_jax.finetune.paths import Tree
 from elm_jax.model import OpenELM, abstract_params
 from elm_jax.rundir import config_json
+from elm_jax.storage import as_path, write_atomic
 
 ADAPTER_CONFIG = "adapter_config.json"
 TRAINABLE = "trainable"
 ADAPTER_PREFIX = "adapter-step"
 
 
-def save_adapter(path: str | os.PathLike, config: Config, trainable: Tree) -> Path:
-    """Write an adapter directory (through a temporary one renamed into place; never over an
-    existing directory)."""
-    path = Path(path)
-    if path.exists():
+def save_adapter(path: str | os.PathLike, config: Config, trainable: Tree) -> epath.Path:
+    """Write an adapter directory; every process calls it (orbax's save is collective).
+
+    ``trainable/`` appears whole (orbax finalises it: locally by a rename, in a bucket by a commit
+    marker) and ``adapter_config.json``, written last by process 0, is what makes the directory an
+    adapter. A directory without it (a save cut off) is written again; a complete one never is.
+    """
+    path = as_path(path)
+    if (path / ADAPTER_CONFIG).exists():
         raise UsageError(f"{path} exists; choose a new adapter directory (nothing was written)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
+    checkpointer = ocp.StandardCheckpointer()
     try:
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save((tmp / TRAINABLE).absolute(), trainable)
+        checkpointer.save(path / TRAINABLE, trainable, force=True)
         checkpointer.wait_until_finished()
-        checkpointer.close()
-        (tmp / ADAPTER_CONFIG).write_text(config_json(config))
-        tmp.rename(path)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        checkpointer.close()
+    if jax.process_index() == 0:
+        write_atomic(path / ADAPTER_CONFIG, config_json(config))
     return path
 
 
 def read_adapter_config(path: str | os.PathLike) -> Config:
-    path = Path(path).expanduser()
-    config_file = path / ADAPTER_CONFIG
+    config_file = as_path(path) / ADAPTER_CONFIG
     if not config_file.is_file():
         raise UsageError(f"{config_file} not found; --adapter takes a directory written by "
                          f"elm-finetune (run_dir/{ADAPTER_PREFIX}<N>)")
@@ -71,7 +69,7 @@ def load_trainable(path: str | os.PathLike, config: Config, shardings: Tree) -> 
     abstract = trainable_shapes(config, shardings)
     checkpointer = ocp.StandardCheckpointer()
     try:
-        return checkpointer.restore((Path(path).expanduser() / TRAINABLE).absolute(), abstract)
+        return checkpointer.restore(as_path(path) / TRAINABLE, abstract)
     except Exception as err:  # orbax / tensorstore raise many types for missing or damaged files
         raise CheckpointError(f"cannot read the adapter in {path} ({type(err).__name__}: "
                               f"{str(err)[:200]}); is it complete?") from None

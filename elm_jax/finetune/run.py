@@ -30,7 +30,7 @@ from elm_jax.finetune.base import Base, load_params, loader, open_base, resolve,
 from elm_jax.finetune.chat import ChatTemplate, resolve_template
 from elm_jax.finetune.data import FinetuneData, check_encodes
 from elm_jax.finetune.encode import Encoder
-from elm_jax.finetune.export import ADAPTER_PREFIX, save_adapter
+from elm_jax.finetune.export import ADAPTER_CONFIG, ADAPTER_PREFIX, save_adapter
 from elm_jax.finetune.objective import finetune_objective, layout, merged
 from elm_jax.model import abstract_params
 from elm_jax.parallel import mesh as mesh_lib
@@ -130,10 +130,8 @@ def finetune(config: Config, *, mesh: jax.sharding.Mesh | None = None,
         return out
     run_dir = as_path(config.train.run_dir)
     out.adapter_path = run_dir / f"{ADAPTER_PREFIX}{result.step}"
-    # gathered whole on every process (it is small), written by the first
-    trained = jax.jit(lambda p: p, out_shardings=mesh_lib.replicated(mesh))(result.state.params)
-    if jax.process_index() == 0 and not out.adapter_path.exists():
-        save_adapter(out.adapter_path, config, jax.device_get(trained))
+    if not (out.adapter_path / ADAPTER_CONFIG).exists():  # not yet saved by an earlier run
+        save_adapter(out.adapter_path, config, result.state.params)
         log(f"saved what was trained to {out.adapter_path}")
     if prepared.questions:
         tuned = jax.jit(lambda p, f: merged(config, f["model"], p))(result.state.params,
