@@ -305,6 +305,10 @@ def load_model_reporting(run_dir: str | os.PathLike, *, step: int | None = None,
                          ) -> tuple[Config, OpenELM, RestoreReport]:
     """``load_model`` plus the ``RestoreReport`` a reader prints (the step loaded, steps skipped)."""
     config = read_run_config(run_dir)
+    if config.finetune.base:
+        raise CheckpointError(f"{run_dir} is an elm-finetune run: its checkpoints hold what it "
+                              "trained, not a whole model; use its hf-step<N> export, or the base "
+                              f"{config.finetune.base} with --adapter {run_dir}/adapter-step<N>")
     if dtype is not None:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype=dtype))
     mesh = mesh or mesh_lib.single_device_mesh()

@@ -56,6 +56,12 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention_out")
 SEQUENCE_MODES = ("pad", "pack")
 NONFINITE_POLICIES = ("stop", "skip")
 DISTRIBUTED_MODES = ("auto", "single", "explicit", "slurm", "tpu")
+FINETUNE_METHODS = ("sft", "dpo")
+ADAPTERS = ("lora", "dora", "none")  # none: full fine-tuning of finetune.trainable
+DPO_LOSSES = ("sigmoid", "hinge")
+# alpaca: instruction / input / output records (commonsense_170k, Alpaca); chat: message lists;
+# preference: prompt / chosen / rejected (UltraFeedback); shakespeare_plays: the embedded demo
+FINETUNE_FORMATS = ("alpaca", "chat", "preference", "shakespeare_plays")
 
 # ----------------------------------------------------------------------------- data sources
 DATA_SPLITS = ("train", "validation")

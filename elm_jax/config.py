@@ -9,6 +9,7 @@ built and validated on machines without jax.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -17,13 +18,17 @@ from typing import Any
 import ml_collections
 
 from elm_jax.common_types import (
+    ADAPTERS,
     ATTENTION_IMPLS,
     AXES,
     DATA_SPLITS,
     DEFAULT_RULES,
     DISTRIBUTED_MODES,
+    DPO_LOSSES,
     DTYPES,
     FILE_ID,
+    FINETUNE_FORMATS,
+    FINETUNE_METHODS,
     NONFINITE_POLICIES,
     REMAT_POLICIES,
     SEQUENCE_MODES,
@@ -368,6 +373,52 @@ class DistributedConfig:
             _fail("distributed.local_device_ids", self.local_device_ids, "non-negative device ids")
 
 
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """``elm-finetune``: the model to start from, what trains, the data and the loss (unused by
+    ``elm-train``). Defaults are the paper's LoRA recipe (docs/OPENELM.md, "Fine-tuning") but for
+    dropout (the recipes in experiments/finetune/ set its 0.1)."""
+
+    base: str = ""  # HF OpenELM directory or elm-train run directory to start from
+    method: str = "sft"  # sft: cross-entropy on response tokens; dpo: preference pairs
+    adapter: str = "lora"  # lora | dora | none (full fine-tuning of `trainable`)
+    # regexes (re.search) over parameter paths such as layers/0/attn/q_proj, or CoreNet's names
+    targets: tuple[str, ...] = ("token_embeddings", "qkv_proj", "out_proj", "proj_1", "proj_2")
+    trainable: tuple[str, ...] = ()  # base parameters that train too (adapter none: () = all)
+    rank: int = 32
+    alpha: float = 32.0
+    dropout: float = 0.0
+    rslora: bool = False  # scale by alpha / sqrt(rank) instead of alpha / rank
+    format: str = "alpaca"
+    train_file: str = ""  # JSON list or JSON lines
+    validation_file: str = ""
+    chat_template: str = "auto"  # auto (the tokenizer's own, else ours), default, or a Jinja text
+    max_prompt_tokens: int = 0  # prompts keep their last N tokens (0: only seq_len limits them)
+    dpo_loss: str = "sigmoid"
+    dpo_beta: float = 0.1
+    questions: int = 200  # shakespeare_plays: held-out questions scored before and after
+
+    def validate(self) -> None:
+        _choice("finetune.method", self.method, FINETUNE_METHODS)
+        _choice("finetune.adapter", self.adapter, ADAPTERS)
+        _choice("finetune.format", self.format, FINETUNE_FORMATS)
+        _choice("finetune.dpo_loss", self.dpo_loss, DPO_LOSSES)
+        for name in ("rank", "alpha", "dpo_beta"):
+            _positive(f"finetune.{name}", getattr(self, name))
+        for name in ("max_prompt_tokens", "questions"):
+            _positive(f"finetune.{name}", getattr(self, name), allow_zero=True)
+        if not 0 <= self.dropout < 1:
+            _fail("finetune.dropout", self.dropout, "a probability in [0, 1)")
+        if (self.method == "dpo") != (self.format == "preference"):
+            _fail("finetune.format", self.format, "'preference' with method 'dpo' and only then")
+        for name in ("targets", "trainable"):
+            for pattern in getattr(self, name):
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    _fail(f"finetune.{name}", pattern, f"a regular expression ({err})")
+
+
 def _is_host_port(address: str) -> bool:
     host, sep, port = address.rpartition(":")
     return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
@@ -383,9 +434,10 @@ class Config:
     mesh: MeshConfig
     name: str = "experiment"
     distributed: DistributedConfig = DistributedConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
 
     def validate(self) -> None:
-        for part in (self.model, self.data, self.train, self.mesh, self.distributed):
+        for part in (self.model, self.data, self.train, self.mesh, self.distributed, self.finetune):
             part.validate()
         if self.data.seq_len > self.model.rope_max_length:
             _fail("data.seq_len", self.data.seq_len,
@@ -399,7 +451,7 @@ class Config:
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig,
-            "distributed": DistributedConfig}
+            "distributed": DistributedConfig, "finetune": FinetuneConfig}
 
 
 def _convert(field: str, value: Any, annotation: Any) -> Any:

@@ -53,6 +53,12 @@ class Emulator:
             if not token:
                 return names
 
+    def upload(self, bucket: str, name: str, data: bytes) -> None:
+        query = urllib.parse.urlencode({"uploadType": "media", "name": name})
+        request = urllib.request.Request(f"{self.url}/upload/storage/v1/b/{bucket}/o?{query}",
+                                         data=data, method="POST")
+        urllib.request.urlopen(request, timeout=10).read()
+
     def read(self, bucket: str, name: str) -> bytes:
         quoted = urllib.parse.quote(name, safe="")
         with urllib.request.urlopen(f"{self.url}/storage/v1/b/{bucket}/o/{quoted}?alt=media",

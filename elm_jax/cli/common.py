@@ -10,6 +10,7 @@ field it lacks), and lets every other exception keep its traceback: those are bu
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -28,10 +29,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS = REPO_ROOT / "experiments"
 
 
-def entry(main: Callable[[list[str]], None]) -> Callable[[], None]:
-    """The console-script function for ``main``: absl flags, quiet logs, one-line user errors."""
+def entry(main: Callable[[list[str]], None], stops_cleanly: bool = False) -> Callable[[], None]:
+    """The console-script function for ``main``: absl flags, quiet logs, one-line user errors.
+
+    ``stops_cleanly``: a run that a SIGTERM stops with exit 0 (``elm-train``, ``elm-sweep``), also
+    while it starts (see ``elm_jax.cli``); other commands get the default SIGTERM back.
+    """
 
     def guarded(argv: list[str]) -> None:
+        if not stops_cleanly:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if not flags.FLAGS["verbosity"].present:
             absl_logging.set_verbosity(absl_logging.WARNING)
         try:

@@ -4,6 +4,7 @@ lm-eval-harness itself on our model.
     elm-eval --checkpoint runs/tiny --perplexity
     elm-eval --checkpoint OpenELM-270M --tokenizer llama2/tokenizer.model \\
         --tasks arc_easy,arc_challenge,boolq,hellaswag,piqa,sciq,winogrande --data-dir evals/
+    elm-eval --checkpoint OpenELM-270M --adapter runs/lora/adapter-step4375 ... (a LoRA / DoRA run)
     elm-eval --checkpoint OpenELM-270M --tokenizer llama2/tokenizer.model --harness \\
         --tasks hellaswag,arc_easy [--num_fewshot 0] [--include_path my_tasks/]
 
@@ -30,7 +31,8 @@ from elm_jax.eval.tasks import get_task
 from elm_jax.eval.zeroshot import evaluate_tasks
 
 TASKS = flags.DEFINE_list("tasks", [], "comma-separated zero-shot tasks: arc_easy, arc_challenge, "
-                          "boolq, hellaswag, piqa, sciq, winogrande (any lm-eval task with --harness)")
+                          "boolq, hellaswag, openbookqa, piqa, sciq, siqa, winogrande (any lm-eval "
+                          "task with --harness)")
 DATA_DIR = flags.DEFINE_string("data_dir", None, "directory holding <task>.jsonl files")
 LIMIT = flags.DEFINE_integer("limit", None, "evaluate only the first N documents of each task",
                              lower_bound=1)

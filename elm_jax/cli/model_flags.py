@@ -1,9 +1,10 @@
 """The flags of the commands that open a trained model (``elm-generate``, ``elm-eval``), defined once.
 
-``--checkpoint`` (an elm-train run directory or an HF OpenELM directory), ``--tokenizer``,
-``--dtype`` and ``--tensor_parallel``; ``open_model()`` reads them and returns the model placed on
-an inference mesh, with its tokenizer. For a run directory it prints one line on stderr naming the
-step it loaded and any newer step it skipped and why (stdout stays the command's answer).
+``--checkpoint`` (an elm-train run directory or an HF OpenELM directory), ``--adapter`` (what an
+elm-finetune run trained, folded into the checkpoint, its base), ``--tokenizer``, ``--dtype`` and
+``--tensor_parallel``; ``open_model()`` reads them and returns the model placed on an inference
+mesh, with its tokenizer. For a run directory it prints one line on stderr naming the step it
+loaded and any newer step it skipped and why (stdout stays the command's answer).
 
 Like ``elm-train`` these commands run on several processes (a model too big for one host, or one
 process per GPU): ``open_model()`` first joins the run from ``--distributed`` /
@@ -24,11 +25,14 @@ from elm_jax.cli import common
 from elm_jax.common_types import DISTRIBUTED_MODES, DTYPES
 from elm_jax.config import DistributedConfig
 from elm_jax.data.tokenizer import Tokenizer
+from elm_jax.finetune.export import apply_adapter
 from elm_jax.infer.loading import Loaded, inference_mesh, load_checkpoint, load_tokenizer
 from elm_jax.parallel import distributed
 
 CHECKPOINT = flags.DEFINE_string("checkpoint", None, "elm-train run directory or HF OpenELM "
                                  "directory", required=True)
+ADAPTER = flags.DEFINE_string("adapter", None, "an elm-finetune adapter directory "
+                              "(run_dir/adapter-step<N>) to fold into --checkpoint, its base model")
 TOKENIZER = flags.DEFINE_string("tokenizer", None, "SentencePiece tokenizer.model (default: the "
                                 "one in the checkpoint directory)")
 DTYPE = flags.DEFINE_enum("dtype", None, list(DTYPES), "compute dtype (default: the checkpoint's)")
@@ -78,4 +82,6 @@ def open_model() -> Opened:
     loaded = load_checkpoint(CHECKPOINT.value, dtype=DTYPE.value, mesh=mesh)
     if loaded.report and lead():
         print(loaded.report, file=sys.stderr, flush=True)
+    if ADAPTER.value:
+        loaded = dataclasses.replace(loaded, model=apply_adapter(loaded.model, ADAPTER.value))
     return Opened(loaded, mesh)

@@ -20,6 +20,7 @@ from absl import flags
 from elm_jax.cli import common
 from elm_jax.config import Config
 from elm_jax.errors import UsageError
+from elm_jax.finetune.plan import finetune_step_builder
 from elm_jax.train import plan as plan_lib
 from elm_jax.train import topology as topo_lib
 
@@ -76,10 +77,13 @@ def _main(argv: list[str]) -> None:
     if not 0 < MFU.value <= 1 or not 0 < HBM_FRACTION.value <= 1:
         raise UsageError("--mfu and --hbm_fraction are fractions in (0, 1]")
     config = common.load_config(CONFIG)
+    extra = {}
+    if config.finetune.base:  # a fine-tuning config: its own state (frozen base, small optimizer)
+        config, extra["build_step"] = finetune_step_builder(config)
     fits, text = plan_and_report(config, TOPOLOGY.value, slices=SLICES.value, mfu=MFU.value,
                                  hbm_fraction=HBM_FRACTION.value, batch_search=BATCH_SEARCH.value,
                                  batch_limit=BATCH_LIMIT.value, verify=VERIFY.value,
-                                 search_fit=FIT.value)
+                                 search_fit=FIT.value, **extra)
     print(text)
     sys.exit(0 if fits else 1)
 

@@ -149,7 +149,7 @@ def _main(argv: list[str]) -> None:
         write_results(sweep, cells, out)
 
 
-main = common.entry(_main)
+main = common.entry(_main, stops_cleanly=True)
 
 if __name__ == "__main__":
     main()

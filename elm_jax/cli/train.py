@@ -10,9 +10,8 @@ second Ctrl-C aborts at once.
 from __future__ import annotations
 
 from elm_jax.cli import common
-from elm_jax.parallel import distributed
+from elm_jax.cli.stopping import run_until_stopped
 from elm_jax.train.loop import train
-from elm_jax.train.preemption import StopRequested, stop_at_once
 
 CONFIG = common.define_config_flag(common.default_experiment("tiny"))
 
@@ -20,15 +19,8 @@ CONFIG = common.define_config_flag(common.default_experiment("tiny"))
 def _main(argv: list[str]) -> None:
     del argv
     config = common.load_config(CONFIG)
-    distributed.initialize(config.distributed)  # before any array: join a multi-host run, if any
-    try:
-        with stop_at_once():  # before and after the training steps: nothing unsaved to lose
-            result = train(config)
-    except StopRequested as stop:
-        print(f"stopped by {stop} outside the training steps (nothing unsaved was lost); rerun the "
-              "same command to resume")
-        return
-    if result.preempted:
+    result = run_until_stopped(config, train)
+    if result is None or result.preempted:
         return
     summary = f"done: step {result.step}"
     if result.train_loss is not None:
@@ -40,7 +32,7 @@ def _main(argv: list[str]) -> None:
     print(summary)
 
 
-main = common.entry(_main)
+main = common.entry(_main, stops_cleanly=True)
 
 if __name__ == "__main__":
     main()

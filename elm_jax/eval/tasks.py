@@ -58,6 +58,13 @@ def hellaswag(doc: Mapping[str, Any]) -> Question:
                           [_hellaswag_clean(e) for e in doc["endings"]], int(doc["label"]))
 
 
+def openbookqa(doc: Mapping[str, Any]) -> Question:
+    """The bare question stem as the context (lm-eval's ``openbookqa``)."""
+    labels = list(doc["choices"]["label"])
+    return _choices_after(doc["question_stem"], list(doc["choices"]["text"]),
+                          labels.index(doc["answerKey"].lstrip()))
+
+
 def piqa(doc: Mapping[str, Any]) -> Question:
     return _choices_after(f"Question: {doc['goal']}\nAnswer:", [doc["sol1"], doc["sol2"]],
                           int(doc["label"]))
@@ -67,6 +74,18 @@ def sciq(doc: Mapping[str, Any]) -> Question:
     choices = [doc["distractor1"], doc["distractor2"], doc["distractor3"], doc["correct_answer"]]
     return _choices_after(f"{doc['support'].lstrip()}\nQuestion: {doc['question']}\nAnswer:",
                           choices, 3)
+
+
+def siqa(doc: Mapping[str, Any]) -> Question:
+    """lm-eval's ``social_iqa``: ``label`` is "1", "2" or "3"."""
+    return _choices_after(f"Q: {doc['context']} {doc['question']}\nA:",
+                          [doc["answerA"], doc["answerB"], doc["answerC"]], int(doc["label"]) - 1)
+
+
+def multiple_choice(doc: Mapping[str, Any]) -> Question:
+    """Our own layout: the context ``prompt``, the ``choices`` and the right one's index ``answer``
+    (``elm-finetune``'s Shakespeare demo writes its held-out questions so)."""
+    return _choices_after(doc["prompt"], list(doc["choices"]), int(doc["answer"]))
 
 
 def winogrande(doc: Mapping[str, Any]) -> Question:
@@ -96,9 +115,15 @@ TASKS = {t.name: t for t in (
     Task("boolq", boolq, ("passage", "question", "label"), ("acc",), "validation"),
     Task("hellaswag", hellaswag, ("activity_label", "ctx_a", "ctx_b", "endings", "label"),
          ("acc", "acc_norm"), "validation"),
+    Task("openbookqa", openbookqa, ("question_stem", "choices.text", "choices.label", "answerKey"),
+         ("acc", "acc_norm"), "test"),
     Task("piqa", piqa, ("goal", "sol1", "sol2", "label"), ("acc", "acc_norm"), "validation"),
     Task("sciq", sciq, ("support", "question", "distractor1", "distractor2", "distractor3",
                         "correct_answer"), ("acc", "acc_norm"), "test"),
+    Task("siqa", siqa, ("context", "question", "answerA", "answerB", "answerC", "label"), ("acc",),
+         "validation"),
+    Task("shakespeare_plays", multiple_choice, ("prompt", "choices", "answer"), ("acc", "acc_norm"),
+         "held-out scenes"),
     Task("winogrande", winogrande, ("sentence", "option1", "option2", "answer"), ("acc",),
          "validation"),
 )}

@@ -19,7 +19,7 @@ from elm_jax.config import Config
 from elm_jax.errors import DataError
 from elm_jax.parallel import mesh as mesh_lib
 from elm_jax.train.metrics import unigram_entropy
-from elm_jax.train.step import make_eval_step
+from elm_jax.train.step import ObjectiveBuilder, make_eval_step, pretraining
 
 IteratorFactory = Callable[..., Iterator[dict[str, np.ndarray]]]
 
@@ -36,9 +36,11 @@ class Evaluator:
     """Held-out loss and perplexity over the first ``train.eval_batches`` validation batches."""
 
     def __init__(self, config: Config, mesh: jax.sharding.Mesh, make_iterator: IteratorFactory,
-                 compiler_options: dict[str, Any] | None = None):
+                 compiler_options: dict[str, Any] | None = None,
+                 objective: ObjectiveBuilder = pretraining):
         self.config, self.mesh, self._make_iterator = config, mesh, make_iterator
-        self._step = make_eval_step(config, mesh, compiler_options=compiler_options)
+        self._step = make_eval_step(config, mesh, compiler_options=compiler_options,
+                                    objective=objective)
         self._batches: list[dict[str, np.ndarray]] | None = None
 
     def batches(self) -> list[dict[str, np.ndarray]]:
@@ -51,8 +53,9 @@ class Evaluator:
                                 "set train.eval_batches=0")
         return self._batches
 
-    def __call__(self, params: Any) -> dict[str, float]:
-        sums = [self._step(params, mesh_lib.global_batch(b, self.mesh)) for b in self.batches()]
+    def __call__(self, params: Any, frozen: Any = None) -> dict[str, float]:
+        sums = [self._step(params, mesh_lib.global_batch(b, self.mesh), frozen)
+                for b in self.batches()]
         ce, tokens = (sum(float(jax.device_get(getattr(s, k))) for s in sums)
                       for k in ("cross_entropy", "tokens"))
         loss = ce / max(tokens, 1.0)

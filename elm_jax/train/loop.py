@@ -32,7 +32,7 @@ from elm_jax.train.metrics import MetricsWriter, Throughput, summarize
 from elm_jax.train.preemption import PreemptionGuard
 from elm_jax.train.preflight import check_run_dir_writable
 from elm_jax.train.sample import sample_lines
-from elm_jax.train.step import TrainState, make_train_step, microbatch_note
+from elm_jax.train.step import ObjectiveBuilder, TrainState, make_train_step, microbatch_note, pretraining
 
 ENTROPY_TOKENS = 1_000_000  # training tokens read to estimate the unigram entropy baseline
 
@@ -79,14 +79,16 @@ def train(config: Config, **kwargs: Any) -> TrainResult:
 def _train(config: Config, *, make_iterator: IteratorFactory | None = None, tokenizer: Any = None,
            mesh: jax.sharding.Mesh | None = None, export: bool = True,
            entropy_tokens: int = ENTROPY_TOKENS, show_progress: bool | None = None,
-           compiler_options: dict[str, Any] | None = None) -> TrainResult:
+           compiler_options: dict[str, Any] | None = None,
+           objective: ObjectiveBuilder = pretraining) -> TrainResult:
     """Train ``config`` in ``config.train.run_dir``, resuming from its newest checkpoint.
 
     ``make_iterator(config, split, process_index=, process_count=)`` (this process's data shard,
     ``elm_jax.parallel.mesh.data_shard``) defaults to the data pipeline
     (which also supplies the tokenizer); tests pass their own. ``entropy_tokens`` training tokens
     are read first for the unigram-entropy baseline (0: skip). ``compiler_options`` go to XLA for
-    the train and eval steps.
+    the train and eval steps. ``objective`` says what is trained (``elm_jax.finetune`` passes its
+    own: adapters over a frozen base, SFT or DPO).
     """
     if make_iterator is None:
         ensure_prepared(config)
@@ -97,14 +99,14 @@ def _train(config: Config, *, make_iterator: IteratorFactory | None = None, toke
     run_dir = as_path(tcfg.run_dir)
     rundir.clean_stale_exports(run_dir)
     mesh = mesh or mesh_lib.make_mesh(config.mesh)
-    train_step = make_train_step(config, mesh, compiler_options=compiler_options)
-    evaluator = Evaluator(config, mesh, make_iterator, compiler_options)
+    train_step = make_train_step(config, mesh, compiler_options=compiler_options, objective=objective)
+    evaluator = Evaluator(config, mesh, make_iterator, compiler_options, objective)
     if tcfg.eval_batches or (tokenizer is not None and tcfg.sample_lines):
         evaluator.batches()  # read the held-out rows now: an unusable split fails before any step
     checkpointer = Checkpointer(run_dir, config)
     train_iter = make_iterator(config, "train", **process_kwargs(mesh))
     restored = restore_state(checkpointer, train_step.state_shapes, train_iter)
-    state = train_step.init() if restored is None else restored
+    state = train_step.init() if restored is None else train_step.resume(restored)
     step = 0 if restored is None else int(jax.device_get(state.step))
     writer = MetricsWriter(run_dir, total_steps=tcfg.steps, start_step=step, show_progress=show_progress)
     say = writer.message
@@ -151,7 +153,7 @@ def _train(config: Config, *, make_iterator: IteratorFactory | None = None, toke
                     pending = []
                     _check_finite(config, state, record, say)
                     if do_eval:
-                        record |= evaluator(state.params)
+                        record |= evaluator(state.params, state.frozen)
                         throughput.reset()  # eval time is not training throughput
                     result.train_loss = record["loss"]
                     result.val_loss = record.get("val_loss", result.val_loss)
@@ -166,14 +168,15 @@ def _train(config: Config, *, make_iterator: IteratorFactory | None = None, toke
         checkpointer.wait()
         result.step, result.state = step, state
         if export:
-            result.hf_path = rundir.export_hf(config, state.params, run_dir, step)
+            result.hf_path = rundir.export_hf(config, train_step.model_params(state), run_dir, step)
             if result.hf_path is not None:
                 say(f"exported HF weights to {result.hf_path}")
             if jax.process_count() > 1:  # nobody exits while process 0 still writes the export
                 multihost_utils.sync_global_devices("elm_jax: HF export written")
         if tokenizer is not None and tcfg.sample_lines > 0 and jax.process_count() == 1:
             rows = [row for b in evaluator.batches() for row in b["inputs"]][:tcfg.sample_lines]
-            result.samples = sample_lines(config, state.params, rows, tokenizer, mesh)
+            result.samples = sample_lines(config, train_step.model_params(state), rows, tokenizer,
+                                          mesh)
             for text in result.samples:
                 say(f"sample: {text}")
         return result

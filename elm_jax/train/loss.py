@@ -156,3 +156,14 @@ def chunked_objective(hidden: jax.Array, embedding: jax.Array, targets: jax.Arra
     objective, ce, z = _objective(hidden, embedding, targets, mask, float(z_loss_weight), chunks)
     sums = LossSums(jax.lax.stop_gradient(ce), jax.lax.stop_gradient(z), jnp.sum(mask))
     return objective, sums
+
+
+def chunked_loss_sums(hidden: jax.Array, embedding: jax.Array, targets: jax.Array,
+                      loss_mask: jax.Array, *, z_loss_weight: float, chunk: int) -> LossSums:
+    """``chunked_objective`` as the ``LossSums`` every objective returns: the values are exactly the
+    cross-entropy and z sums, and ``cross_entropy + z_loss_weight * z_loss`` differentiates as the
+    objective (its gradient rides on ``cross_entropy``: ``objective - stop_gradient(objective)`` is
+    zero in value; ``z_loss`` carries none)."""
+    objective, sums = chunked_objective(hidden, embedding, targets, loss_mask,
+                                        z_loss_weight=z_loss_weight, chunk=chunk)
+    return sums._replace(cross_entropy=sums.cross_entropy + objective - jax.lax.stop_gradient(objective))

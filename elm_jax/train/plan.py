@@ -90,6 +90,8 @@ class Plan:
     microbatches: int = 1  # train.microbatches resolved for the mesh ("auto" included)
     bound: memory_lib.MemoryBound | None = None  # the analytic floor (real train steps only)
     buffers: buffers_lib.PeakBuffers | None = None  # what XLA holds at its peak
+    optimizer_bytes: int = 0  # the optimizer state's share of state_bytes
+    trainable: int = 0  # parameters with optimizer state (all in pretraining, adapters in LoRA)
     argument_bytes: int | None = None  # the rest come from compiled.memory_analysis()
     output_bytes: int | None = None
     alias_bytes: int | None = None
@@ -222,6 +224,9 @@ def plan(config: Config, topology: Topology, *, build_step: StepBuilder = defaul
                   hbm_bytes=topology.chip.hbm_bytes, hbm_fraction=hbm_fraction,
                   state_bytes=memory_lib.shard_bytes(step.state_shapes),
                   batch_bytes=memory_lib.shard_bytes(step.batch_shapes),
+                  optimizer_bytes=memory_lib.shard_bytes(getattr(step.state_shapes, "opt_state", ())),
+                  trainable=sum(math.prod(x.shape) for x in jax.tree.leaves(
+                      getattr(step.state_shapes, "params", ()))),
                   microbatches=microbatches, bound=_bound(config, mesh, step, microbatches))
     # When the state alone is over budget the compile cannot succeed: skip it (minutes, for 3B).
     if not precheck or result.state_bytes + result.batch_bytes <= result.budget_bytes:
@@ -437,6 +442,11 @@ def memory_account(result: Plan, top: int = 10) -> list[str]:
     return lines
 
 
+def _size(value: int) -> str:
+    """GiB, or MiB below one GiB (a LoRA run's optimizer state is a few MiB)."""
+    return _gib(value) if value >= GIB else f"{value / 2 ** 20:8.2f} MiB"
+
+
 def report(result: Plan, mfu: float) -> str:
     """The plan as the text ``elm-plan`` prints."""
     cfg, topology = result.config, result.topology
@@ -450,6 +460,8 @@ def report(result: Plan, mfu: float) -> str:
         f"attention: {attention_impl(cfg)}",
         "per-chip memory:",
         f"  parameters + optimizer state {_gib(result.state_bytes)}   (from the shardings)",
+        f"    of which optimizer state   {_size(result.optimizer_bytes)}   (for "
+        f"{result.trainable:,} trainable parameters)",
         f"  batch                        {_gib(result.batch_bytes)}",
     ]
     if result.compiled:

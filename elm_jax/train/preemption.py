@@ -7,8 +7,9 @@ compilation; the export after them) there is nothing unsaved to lose, so ``stop_
 either signal into ``StopRequested``, which ``elm-train`` reports on one line with exit 0.
 
 With several processes, SIGTERM belongs to jax: orbax's ``reached_preemption`` (jax's preemption
-sync, after ``jax.distributed.initialize``) makes every process stop at the same step, and no
-handler of ours is installed.
+sync, after ``jax.distributed.initialize``) makes every process stop at the same step. jax listens
+to SIGTERM only, so during the steps a Ctrl-C is passed on to it as a SIGTERM of the same process
+(the second Ctrl-C aborts, as with one process).
 """
 
 from __future__ import annotations
@@ -68,7 +69,10 @@ class PreemptionGuard:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> PreemptionGuard:
-        self._previous = _install(self._handle)
+        if jax.process_count() > 1:
+            self._previous = {signal.SIGINT: signal.signal(signal.SIGINT, self._handle)}
+        else:
+            self._previous = _install(self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -82,6 +86,8 @@ class PreemptionGuard:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
         self.requested = True
+        if jax.process_count() > 1:  # a Ctrl-C: jax's preemption sync stops every process
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def reached(self, step: int, checkpointer: Checkpointer) -> bool:
         if jax.process_count() > 1:

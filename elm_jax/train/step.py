@@ -8,7 +8,9 @@ state already sharded (``jax.jit(init, out_shardings=...)``); the whole model ne
 device.
 
 Parameters are a pure nested dict (``nnx.to_pure_dict`` layout, the same as
-``elm_jax.convert.hf``), turned back into the model inside the step with ``nnx.merge``.
+``elm_jax.convert.hf``), turned back into the model inside the step with ``nnx.merge``. What is
+trained and how is an ``Objective``: ``pretraining`` (elm-train's) by default; ``elm_jax.finetune``
+builds others (adapters over a frozen base model, SFT, DPO) on the same step.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from elm_jax.config import Config, rules_from_config
 from elm_jax.model import abstract_model, abstract_params, build
 from elm_jax.parallel import mesh as mesh_lib
 from elm_jax.parallel import rules as rules_lib
-from elm_jax.train.loss import LossSums, chunked_objective, loss_sums
+from elm_jax.train.loss import LossSums, chunked_loss_sums, loss_sums
 from elm_jax.train.optimizer import learning_rate_schedule, make_optimizer
 
 Params = dict[str, Any]
@@ -54,13 +56,16 @@ def compiler_options_for(mesh: jax.sharding.Mesh,
 
 
 class TrainState(NamedTuple):
-    """Everything a step reads and writes (checkpointed whole)."""
+    """Everything a step reads and writes (checkpointed whole but for ``frozen``)."""
 
     step: jax.Array  # int32: steps taken (updates applied + non-finite steps skipped)
-    params: Params
+    params: Params  # the trainable parameters
     opt_state: optax.OptState
     skipped: jax.Array  # int32: non-finite steps whose update was dropped
     first_nonfinite: jax.Array  # int32: the first step with a NaN / Inf loss or gradient, -1 if none
+    # what the loss reads but never trains (a fine-tuning run's base model): not checkpointed, the
+    # objective reads it again on resume; empty in pretraining
+    frozen: Params = {}
 
     def checkpoint_items(self) -> tuple[Params, dict[str, Any]]:
         """``(params, train)``: what ``elm_jax.checkpoint.Checkpointer`` saves as two items."""
@@ -76,26 +81,6 @@ class TrainState(NamedTuple):
 def graphdef(config: Config) -> nnx.GraphDef:
     """The model's structure without parameters (merged with a params dict inside the step)."""
     return nnx.split(abstract_model(config.model))[0]
-
-
-def forward_objective(config: Config, gdef: nnx.GraphDef, params: Params,
-                      batch: Batch) -> tuple[jax.Array, LossSums]:
-    """(sum of cross-entropy + z-loss to differentiate, loss sums) of one (micro)batch.
-
-    With ``train.loss_chunk`` > 0 the logits exist one chunk of the sequence at a time
-    (``chunked_objective``); 0 computes the whole float32 logits, as a reference.
-    """
-    model = nnx.merge(gdef, params)
-    hidden = model.hidden_states(batch["inputs"], positions=batch["positions"],
-                                 segment_ids=batch["segment_ids"])
-    z_weight = config.train.z_loss
-    with jax.named_scope("loss"):
-        if config.train.loss_chunk > 0:
-            return chunked_objective(model.final_norm(hidden), model.output_embedding(),
-                                     batch["targets"], batch["loss_mask"], z_loss_weight=z_weight,
-                                     chunk=config.train.loss_chunk)
-        sums = loss_sums(model.logits(hidden), batch["targets"], batch["loss_mask"])
-        return sums.cross_entropy + z_weight * sums.z_loss, sums
 
 
 def _batch_shards(mesh: jax.sharding.Mesh) -> int:
@@ -117,6 +102,77 @@ def microbatch_note(config: Config, mesh: jax.sharding.Mesh) -> str:
         note += (f" (train.microbatches=auto: at most {config.train.max_sequences_per_device} per "
                  "device)")
     return note
+
+
+def forward_logits(gdef: nnx.GraphDef, params: Params, batch: Batch) -> jax.Array:
+    """The model's logits on one (micro)batch under ``params``."""
+    model = nnx.merge(gdef, params)
+    return model(batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+
+
+def forward_sums(config: Config, gdef: nnx.GraphDef, params: Params, batch: Batch) -> LossSums:
+    """Loss sums of one (micro)batch under ``params``.
+
+    With ``train.loss_chunk`` > 0 the logits exist one chunk of the sequence at a time
+    (``chunked_loss_sums``: the float32 ``[batch, seq, vocab]`` logits and their gradient are never
+    whole); 0 computes the whole logits, as a reference.
+    """
+    if config.train.loss_chunk <= 0:
+        return loss_sums(forward_logits(gdef, params, batch), batch["targets"], batch["loss_mask"])
+    model = nnx.merge(gdef, params)
+    hidden = model.hidden_states(batch["inputs"], positions=batch["positions"],
+                                 segment_ids=batch["segment_ids"])
+    with jax.named_scope("loss"):
+        return chunked_loss_sums(model.final_norm(hidden), model.output_embedding(),
+                                 batch["targets"], batch["loss_mask"],
+                                 z_loss_weight=config.train.z_loss, chunk=config.train.loss_chunk)
+
+
+Sums = tuple[LossSums, dict[str, jax.Array]]
+
+
+class Objective(NamedTuple):
+    """What a step trains, from where, and the loss it minimises.
+
+    ``sums(params, frozen, batch, key)`` returns the loss as sums (``LossSums``: its objective is
+    ``(cross_entropy + z_loss weight * z_loss) / tokens``) and further metric sums, each reported
+    divided by ``tokens``; ``key`` is None in evaluation. The state's ``params`` are the trainable
+    parameters and alone get optimizer state; ``frozen`` is what the loss reads but never changes,
+    rebuilt from ``load_base()`` on resume rather than checkpointed. ``start(base)`` gives the first
+    ``(params, frozen)`` and ``model_params(params, frozen)`` the model's own parameter dict (what is
+    exported and sampled).
+    """
+
+    params: Params  # ShapeDtypeStruct leaves
+    param_shardings: Params
+    frozen: Params
+    frozen_shardings: Params
+    load_base: Callable[[], Params]
+    start: Callable[[Params], tuple[Params, Params]]
+    sums: Callable[[Params, Params, Batch, jax.Array | None], Sums]
+    model_params: Callable[[Params, Params], Params]
+
+
+ObjectiveBuilder = Callable[[Config, jax.sharding.Mesh, Rules], Objective]
+
+
+def pretraining(config: Config, mesh: jax.sharding.Mesh, rules: Rules) -> Objective:
+    """elm-train's objective: next-token cross-entropy (+ z-loss) of all the model's parameters,
+    freshly initialised."""
+    gdef = graphdef(config)
+    params_state = abstract_params(config.model)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                            nnx.to_pure_dict(params_state))
+
+    def start(base: Params) -> tuple[Params, Params]:
+        del base
+        return nnx.to_pure_dict(nnx.state(build(config.model, config.train.seed), nnx.Param)), {}
+
+    return Objective(abstract, mesh_lib.param_shardings(params_state, mesh, rules), {}, {},
+                     load_base=dict, start=start,
+                     sums=lambda params, frozen, batch, key: (
+                         forward_sums(config, gdef, params, batch), {}),
+                     model_params=lambda params, frozen: params)
 
 
 def _tree_where(pred: jax.Array, new: Any, old: Any) -> Any:
@@ -173,19 +229,25 @@ def _split_microbatches(batch: Batch, count: int, mesh: jax.sharding.Mesh) -> di
     return {name: split(x) for name, x in batch.items()}
 
 
-def loss_and_grads(config: Config, gdef: nnx.GraphDef, params: Params, batch: Batch,
-                   mesh: jax.sharding.Mesh, param_shardings: Params | None = None
-                   ) -> tuple[LossSums, Params]:
-    """Loss sums and the gradient of the mean objective, accumulated over ``train.microbatches``.
+def loss_and_grads(config: Config, objective: Objective, params: Params, frozen: Params,
+                   batch: Batch, mesh: jax.sharding.Mesh, key: jax.Array | None = None
+                   ) -> tuple[Sums, Params]:
+    """Loss (and metric) sums and the gradient of the mean objective with respect to ``params``,
+    accumulated over ``train.microbatches``.
 
-    ``param_shardings`` pin each microbatch's gradients and the accumulator to the parameters'
-    layout, so gradients are reduce-scattered as they are made and never held whole.
+    Each microbatch's gradients and the accumulator are pinned to the parameters' layout
+    (``objective.param_shardings``), so gradients are reduce-scattered as they are made and never
+    held whole.
     """
-    def grad_of_sums(p: Params, mb: Batch) -> tuple[LossSums, Params]:
-        (_, sums), grads = jax.value_and_grad(
-            lambda q: forward_objective(config, gdef, q, mb), has_aux=True)(p)
-        if param_shardings is not None:
-            grads = jax.lax.with_sharding_constraint(grads, param_shardings)
+    z_weight = config.train.z_loss
+
+    def grad_of_sums(p: Params, mb: Batch) -> tuple[Sums, Params]:
+        def loss(q: Params) -> tuple[jax.Array, Sums]:
+            sums, extra = objective.sums(q, frozen, mb, key)
+            return sums.cross_entropy + z_weight * sums.z_loss, (sums, extra)
+
+        (_, sums), grads = jax.value_and_grad(loss, has_aux=True)(p)
+        grads = jax.lax.with_sharding_constraint(grads, objective.param_shardings)
         return sums, grads
 
     count = microbatch_count(config, mesh)
@@ -193,15 +255,14 @@ def loss_and_grads(config: Config, gdef: nnx.GraphDef, params: Params, batch: Ba
         sums, grads = grad_of_sums(params, batch)
     else:
         def accumulate(carry, mb):
-            sums, grads = grad_of_sums(params, mb)
-            return jax.tree.map(jnp.add, carry, (sums, grads)), None
+            return jax.tree.map(jnp.add, carry, grad_of_sums(params, mb)), None
 
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-        if param_shardings is not None:
-            zeros = jax.lax.with_sharding_constraint(zeros, param_shardings)
-        init = (LossSums(*(jnp.zeros((), jnp.float32),) * 3), zeros)
-        (sums, grads), _ = jax.lax.scan(accumulate, init, _split_microbatches(batch, count, mesh))
-    scale = 1.0 / jnp.maximum(sums.tokens, 1.0)
+        microbatches = _split_microbatches(batch, count, mesh)
+        shapes = jax.eval_shape(grad_of_sums, params, jax.tree.map(lambda x: x[0], microbatches))
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
+        zeros = (zeros[0], jax.lax.with_sharding_constraint(zeros[1], objective.param_shardings))
+        (sums, grads), _ = jax.lax.scan(accumulate, zeros, microbatches)
+    scale = 1.0 / jnp.maximum(sums[0].tokens, 1.0)
     return sums, jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grads, params)
 
 
@@ -214,12 +275,15 @@ class TrainStep:
     """
 
     fn: Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
-    init_fn: Callable[[], TrainState]
+    init_fn: Callable[[Params], TrainState]
     mesh: jax.sharding.Mesh
     state_shapes: TrainState
     batch_shapes: dict[str, jax.ShapeDtypeStruct]
     state_shardings: TrainState
     batch_shardings: dict[str, NamedSharding]
+    objective: Objective
+    frozen_fn: Callable[[Params], Params]
+    model_params_fn: Callable[[Params, Params], Params]
 
     def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         with jax.set_mesh(self.mesh):
@@ -227,36 +291,49 @@ class TrainStep:
 
     def init(self) -> TrainState:
         with jax.set_mesh(self.mesh):
-            return self.init_fn()
+            return self.init_fn(self.objective.load_base())
+
+    def resume(self, restored: TrainState) -> TrainState:
+        """A state restored from a checkpoint, with its frozen part rebuilt (nothing to rebuild in
+        pretraining)."""
+        if not self.objective.frozen:
+            return restored
+        with jax.set_mesh(self.mesh):
+            return restored._replace(frozen=self.frozen_fn(self.objective.load_base()))
+
+    def model_params(self, state: TrainState) -> Params:
+        """The model's own parameters that ``state`` describes (what is exported and sampled)."""
+        with jax.set_mesh(self.mesh):
+            return self.model_params_fn(state.params, state.frozen)
 
     def lower(self) -> jax.stages.Lowered:
         with jax.set_mesh(self.mesh):
             return self.fn.lower(self.state_shapes, self.batch_shapes)
 
 
-def state_shardings(config: Config, mesh: jax.sharding.Mesh,
-                    rules: Rules | None = None) -> tuple[TrainState, TrainState]:
+def state_shardings(config: Config, mesh: jax.sharding.Mesh, rules: Rules | None = None,
+                    objective: Objective | None = None) -> tuple[TrainState, TrainState]:
     """(abstract state, its shardings) for ``config`` on ``mesh``, without allocating.
 
-    ``rules`` default to the config's (``mesh.rules`` over ``DEFAULT_RULES``)."""
+    ``rules`` default to the config's (``mesh.rules`` over ``DEFAULT_RULES``), ``objective`` to
+    ``pretraining``."""
     rules = rules_from_config(config.mesh) if rules is None else rules
+    objective = objective or pretraining(config, mesh, rules)
     tx = make_optimizer(config.train)
-    params_state = abstract_params(config.model)
-    param_sh = mesh_lib.param_shardings(params_state, mesh, rules)
-    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                          nnx.to_pure_dict(params_state))
+    params, param_sh = objective.params, objective.param_shardings
     abstract_opt = jax.eval_shape(tx.init, params)
     scalar = jax.ShapeDtypeStruct((), jnp.int32)
-    abstract = TrainState(scalar, params, abstract_opt, scalar, scalar)
+    abstract = TrainState(scalar, params, abstract_opt, scalar, scalar, objective.frozen)
     rep = mesh_lib.replicated(mesh)
     opt_sh = _opt_state_shardings(abstract_opt, params, param_sh, mesh)
-    shardings = TrainState(rep, param_sh, opt_sh, rep, rep)
+    shardings = TrainState(rep, param_sh, opt_sh, rep, rep, objective.frozen_shardings)
     return abstract, shardings
 
 
 def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = True,
                     rules: Rules | None = None,
-                    compiler_options: Mapping[str, Any] | None = None) -> TrainStep:
+                    compiler_options: Mapping[str, Any] | None = None,
+                    objective: ObjectiveBuilder = pretraining) -> TrainStep:
     """The train step of ``config`` for ``mesh`` (jitted, not yet compiled).
 
     ``compiler_options`` are XLA options for this step's compilation (e.g. TPU scheduler flags, or
@@ -268,21 +345,22 @@ def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = T
     rules = rules_from_config(config.mesh) if rules is None else rules
     tx = make_optimizer(config.train)
     schedule = learning_rate_schedule(config.train)
-    gdef = graphdef(config)
-    abstract, shardings = state_shardings(config, mesh, rules)
+    task = objective(config, mesh, rules)
+    abstract, shardings = state_shardings(config, mesh, rules, task)
     batches = batch_shapes(config, mesh)
     batch_sh = {name: b.sharding for name, b in batches.items()}
     rep = mesh_lib.replicated(mesh)
 
-    def init() -> TrainState:
-        params = nnx.to_pure_dict(nnx.state(build(config.model, config.train.seed), nnx.Param))
+    def init(base: Params) -> TrainState:
+        params, frozen = task.start(base)
         zero = jnp.zeros((), jnp.int32)
-        return TrainState(zero, params, tx.init(params), zero, zero - 1)
+        return TrainState(zero, params, tx.init(params), zero, zero - 1, frozen)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        key = jax.random.fold_in(jax.random.key(config.train.seed), state.step)  # e.g. dropout
         with rules_lib.use_rules(rules):  # the model's activation constraints read them
-            sums, grads = loss_and_grads(config, gdef, state.params, batch, mesh,
-                                         shardings.params)
+            (sums, extra), grads = loss_and_grads(config, task, state.params, state.frozen, batch,
+                                                  mesh, key)
         grad_norm = optax.tree.norm(grads)
         loss = sums.objective(config.train.z_loss)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -291,7 +369,7 @@ def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = T
         params, opt_state = _tree_where(finite, (params, opt_state), (state.params, state.opt_state))
         first_bad = jnp.where((state.first_nonfinite < 0) & ~finite, state.step, state.first_nonfinite)
         new_state = TrainState(state.step + 1, params, opt_state,
-                               state.skipped + (~finite).astype(jnp.int32), first_bad)
+                               state.skipped + (~finite).astype(jnp.int32), first_bad, state.frozen)
         tokens = jnp.maximum(sums.tokens, 1.0)
         metrics = {"loss": sums.cross_entropy / tokens,
                    "z_loss": config.train.z_loss * sums.z_loss / tokens,
@@ -299,38 +377,44 @@ def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = T
                    "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
                    "target_tokens": sums.tokens,
                    "nonfinite": (~finite).astype(jnp.int32)}
-        return new_state, metrics
+        return new_state, metrics | {name: value / tokens for name, value in extra.items()}
 
     jitted = jax.jit(train_step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, rep),
                      donate_argnums=(0,) if donate else (), compiler_options=compiler_options)
-    init_fn = jax.jit(init, out_shardings=shardings, compiler_options=compiler_options)
+    # the loaded base is donated: the frozen part of the state takes its buffers over
+    init_fn = jax.jit(init, out_shardings=shardings, donate_argnums=(0,),
+                      compiler_options=compiler_options)
+    frozen_fn = jax.jit(lambda base: task.start(base)[1], out_shardings=shardings.frozen,
+                        donate_argnums=(0,), compiler_options=compiler_options)
+    model_params_fn = jax.jit(task.model_params, compiler_options=compiler_options)
     return TrainStep(fn=jitted, init_fn=init_fn, mesh=mesh,
                      state_shapes=_with_shardings(abstract, shardings), batch_shapes=batches,
-                     state_shardings=shardings, batch_shardings=batch_sh)
+                     state_shardings=shardings, batch_shardings=batch_sh, objective=task,
+                     frozen_fn=frozen_fn, model_params_fn=model_params_fn)
 
 
 def make_eval_step(config: Config, mesh: jax.sharding.Mesh, *, batch_size: int | None = None,
                    rules: Rules | None = None,
-                   compiler_options: Mapping[str, Any] | None = None
-                   ) -> Callable[[Params, Batch], LossSums]:
-    """Jitted ``fn(params, batch) -> LossSums`` for held-out loss and perplexity."""
+                   compiler_options: Mapping[str, Any] | None = None,
+                   objective: ObjectiveBuilder = pretraining
+                   ) -> Callable[..., LossSums]:
+    """Jitted ``fn(params, batch, frozen={}) -> LossSums`` for held-out loss and perplexity."""
     compiler_options = compiler_options_for(mesh, compiler_options)
     mesh_lib.check_batch_divides(mesh, batch_size or config.train.batch_size)
     rules = rules_from_config(config.mesh) if rules is None else rules
-    gdef = graphdef(config)
-    param_sh = mesh_lib.param_shardings(abstract_params(config.model), mesh, rules)
+    task = objective(config, mesh, rules)
     batch_sh = {name: mesh_lib.batch_sharding(mesh) for name in BATCH_FIELDS}
 
-    def sums(params: Params, batch: Batch) -> LossSums:
+    def sums(params: Params, batch: Batch, frozen: Params) -> LossSums:
         with rules_lib.use_rules(rules):
-            return forward_objective(config, gdef, params, batch)[1]
+            return task.sums(params, frozen, batch, None)[0]
 
-    jitted = jax.jit(sums,
-                     in_shardings=(param_sh, batch_sh), out_shardings=mesh_lib.replicated(mesh),
-                     compiler_options=compiler_options)
+    jitted = jax.jit(sums, in_shardings=(task.param_shardings, batch_sh, task.frozen_shardings),
+                     out_shardings=mesh_lib.replicated(mesh), compiler_options=compiler_options)
 
-    def eval_step(params: Params, batch: Batch) -> LossSums:
+    def eval_step(params: Params, batch: Batch, frozen: Params | None = None) -> LossSums:
         with jax.set_mesh(mesh):
-            return jitted(params, {name: batch[name] for name in BATCH_FIELDS})
+            return jitted(params, {name: batch[name] for name in BATCH_FIELDS},
+                          {} if frozen is None else frozen)
 
     return eval_step

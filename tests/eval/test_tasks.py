@@ -60,8 +60,26 @@ def test_winogrande_partial_scoring():
     assert q.gold == 0
 
 
+def test_siqa_labels_count_from_one():
+    doc = {"context": "Tracy gave Riley a gift.", "question": "How would Riley feel?",
+           "answerA": "grateful", "answerB": "angry", "answerC": "bored", "label": "1"}
+    q = get_task("siqa").build(doc)
+    prompt = "Q: Tracy gave Riley a gift. How would Riley feel?\nA:"
+    assert q.requests == ((prompt, " grateful"), (prompt, " angry"), (prompt, " bored"))
+    assert q.gold == 0 and get_task("siqa").metrics == ("acc",)
+
+
+def test_openbookqa_scores_after_the_bare_question_stem():
+    doc = {"question_stem": "The sun is responsible for", "answerKey": "D",
+           "choices": {"text": ["puppies learning", "plants sprouting", "rocks", "flowers wilting"],
+                       "label": ["A", "B", "C", "D"]}}
+    q = get_task("openbookqa").build(doc)
+    assert q.requests[1] == ("The sun is responsible for", " plants sprouting")
+    assert q.gold == 3 and get_task("openbookqa").metrics == ("acc", "acc_norm")
+
+
 def test_the_paper_tasks_are_all_there():
     assert set(TASKS) == {"arc_easy", "arc_challenge", "boolq", "hellaswag", "piqa", "sciq",
-                          "winogrande"}
+                          "winogrande", "siqa", "openbookqa", "shakespeare_plays"}
     with pytest.raises(UsageError, match="unknown task 'lambada'"):
         get_task("lambada")

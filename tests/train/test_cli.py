@@ -105,11 +105,12 @@ class Trainer:
     """``elm-train`` in the background, in its own process group (as a shell job: Ctrl-C in a
     terminal reaches the whole group), its output unbuffered into files to watch."""
 
-    def __init__(self, logs: Path, *args):
+    def __init__(self, logs: Path, *args, python: tuple[str, ...] = ()):
         self.out, self.err = logs.with_suffix(".out"), logs.with_suffix(".err")
         with self.out.open("w") as out, self.err.open("w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "elm_jax.cli.train", *args], stdout=out, stderr=err, cwd=ROOT,
+                [sys.executable, *python, "-m", "elm_jax.cli.train", *args], stdout=out, stderr=err,
+                cwd=ROOT,
                 env=train_env() | {"PYTHONUNBUFFERED": "1"}, start_new_session=True)
 
         self.seen: set[tuple[int, str]] = set()
@@ -246,3 +247,18 @@ def test_sigterm_during_start_up_exits_zero(experiment, tmp_path):
     assert code == 0, err[-3000:]
     assert "stopped by SIGTERM outside the training steps" in out and "Traceback" not in err
     assert logged_steps(tmp_path / "run") == []
+
+
+def test_sigterm_while_the_modules_import_exits_zero(experiment, tmp_path):
+    config, _, _ = experiment
+    # -X importtime: one stderr line per finished import, so the signal can be sent right after
+    # elm_jax.cli has loaded, while jax, flax and orbax are still to come
+    with Trainer(tmp_path / "log", "--config", str(config), f"--config.train.run_dir={tmp_path / 'run'}",
+                 python=("-X", "importtime")) as trainer:
+        trainer.wait_for(lambda: re.search(r"\| elm_jax\.cli$", trainer.err.read_text(), re.M), timeout=120)
+        trainer.proc.send_signal(signal.SIGTERM)
+        code, out, err = trainer.finish()
+    assert code == 0, err[-3000:]
+    assert "stopped by SIGTERM before the run started" in err and "Traceback" not in err
+    assert not re.search(r"\| +elm_jax\.train\.loop$", err, re.M)  # it stopped during the imports
+    assert not (tmp_path / "run").exists()

@@ -127,3 +127,28 @@ def test_ctrl_c_is_noted_like_sigterm_and_a_second_one_aborts_at_once():
     assert out.returncode == -signal.SIGINT, out.stderr[-3000:]
     assert out.stdout == "requested True\n"
     assert out.stderr.strip() == "SIGINT again: aborting without saving"
+
+
+CTRL_C_ON_SEVERAL_PROCESSES = """
+import os, signal
+import jax
+from elm_jax.train import preemption
+
+jax.process_count = lambda: 2  # as after jax.distributed.initialize with two processes
+seen = []
+signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))  # stands in for jax's listener
+with preemption.PreemptionGuard() as guard:
+    os.kill(os.getpid(), signal.SIGINT)
+    print("requested", guard.requested, "sigterm", seen == [signal.SIGTERM], flush=True)
+print("sigint restored", signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
+"""
+
+
+def test_ctrl_c_on_several_processes_reaches_jax_as_sigterm():
+    """jax's preemption sync (which stops every process at one step) listens to SIGTERM only."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {
+        "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", CTRL_C_ON_SEVERAL_PROCESSES], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout == "requested True sigterm True\nsigint restored True\n"

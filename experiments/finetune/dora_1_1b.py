@@ -1,0 +1,13 @@
+"""OpenELM-1.1B + DoRA on LLM-Adapters' commonsense_170k: the paper's PEFT recipe.
+
+    elm-finetune --config experiments/finetune/dora_1_1b.py \\
+        --config.finetune.base=OpenELM-1.1B --config.data.tokenizer=llama2/tokenizer.model \\
+        --config.finetune.train_file=commonsense_170k.json
+"""
+
+from elm_jax.finetune.recipes import peft_config
+
+
+def get_config(arg=None):
+    del arg
+    return peft_config("1_1b", "dora")
