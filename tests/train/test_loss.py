@@ -126,3 +126,33 @@ def test_chunk_count_tiles_the_sequence():
     assert chunk_count(12, 5) == 3  # 3 chunks of 4: the fewest equal chunks of at most 5
     assert chunk_count(7, 2) == 7
     assert chunk_count(128, 0) == chunk_count(128, 256) == 1
+
+
+def test_the_steps_chunked_loss_sums_equal_whole_logits_in_value_and_gradient(tmp_path):
+    """Through what the train step differentiates (the pretraining Objective's sums, accumulated
+    over two microbatches by ``loss_and_grads``): ``train.loss_chunk`` changes nothing but memory."""
+    from synthetic import FAST_COMPILE, make_row, replace_train, tiny_config
+
+    from elm_jax.config import rules_from_config
+    from elm_jax.parallel.mesh import single_device_mesh
+    from elm_jax.train.step import loss_and_grads, pretraining
+
+    base = replace_train(tiny_config(tmp_path), microbatches=2, z_loss=0.1)
+    rows = [make_row(i, seq_len=16, vocab=64, seed=3) for i in range(8)]
+    batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
+    mesh = single_device_mesh()
+    results = []
+    for chunk in (0, 4):  # whole logits (the reference), then 4 chunks of 4 positions
+        config = replace_train(base, loss_chunk=chunk)
+        objective = pretraining(config, mesh, rules_from_config(config.mesh))
+        params = objective.start({})[0]
+        with jax.set_mesh(mesh):
+            results.append(jax.jit(lambda p, b, o=objective, c=config: loss_and_grads(
+                c, o, p, {}, b, mesh), compiler_options=FAST_COMPILE)(params, batch))
+    ((whole, _), whole_grads), ((chunked, _), chunked_grads) = results
+    for name in ("cross_entropy", "z_loss", "tokens"):
+        np.testing.assert_allclose(float(getattr(chunked, name)), float(getattr(whole, name)),
+                                   rtol=1e-6)
+    for got, want in zip(jax.tree.leaves(chunked_grads), jax.tree.leaves(whole_grads)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5,
+                                   atol=1e-6 * float(np.abs(want).max()))
