@@ -1,5 +1,8 @@
 """Train-step throughput and MFU: tiny and 270M-shaped models, plus the OpenELM-3B compile time.
 
+Each model is timed with the whole-logits loss (``train.loss_chunk=0``) and the chunked one, in the
+same run, and the ratio of their step times is printed (below 1: the chunked loss is faster).
+
 Prints figures; not a test. The matmul peak is measured in the same process (a large ``jnp.dot`` in
 the benchmark's compute dtype, again before each model), so "fraction of measured peak" is a ratio of
 two numbers taken on the same machine at the same time; MFU against the vendor peak is printed where
@@ -38,6 +41,8 @@ STEPS = flags.DEFINE_integer("steps", 5, "timed steps per model")
 COMPILE_3B = flags.DEFINE_bool("compile_3b", True, "time the OpenELM-3B step's AOT compile")
 MATMUL = flags.DEFINE_integer("matmul", 4096, "matrix size of the peak measurement")
 ATTENTION = flags.DEFINE_list("attention", ["auto"], "attention impls to time each model with")
+LOSS_CHUNKS = flags.DEFINE_list("loss_chunks", ["0", "256"],
+                                "train.loss_chunk values to time each model with (0: whole logits)")
 
 
 def matmul_peak(n: int, dtype: str, reps: int = 10) -> float:
@@ -55,7 +60,8 @@ def matmul_peak(n: int, dtype: str, reps: int = 10) -> float:
     return 2 * n ** 3 / best
 
 
-def experiment(size: str, dtype: str, seq: int, batch: int, attention: str = "auto"):
+def experiment(size: str, dtype: str, seq: int, batch: int, attention: str = "auto",
+               loss_chunk: int | None = None):
     """The paper's config for ``size`` (or experiments/tiny.py) at the benchmark's shape."""
     if size == "tiny":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
@@ -68,6 +74,9 @@ def experiment(size: str, dtype: str, seq: int, batch: int, attention: str = "au
     cd.model.dtype = dtype
     cd.model.attention_impl = attention
     cd.mesh.data, cd.mesh.fsdp = -1, 1
+    cd.train.microbatches = 1
+    if loss_chunk is not None:
+        cd.train.loss_chunk = loss_chunk
     return from_config_dict(cd)
 
 
@@ -80,7 +89,7 @@ def random_batch(config) -> dict[str, np.ndarray]:
             "positions": np.broadcast_to(np.arange(shape[1], dtype=np.int32), shape).copy()}
 
 
-def time_steps(config, steps: int, peak: float) -> None:
+def time_steps(config, steps: int, peak: float) -> float:
     mesh = make_mesh(config.mesh)
     step = make_train_step(config, mesh)
     start = time.perf_counter()
@@ -99,13 +108,15 @@ def time_steps(config, steps: int, peak: float) -> None:
     tokens = config.train.batch_size * config.data.seq_len
     flops = flops_per_token(config.model, config.data.seq_len) * tokens / step_s
     util = mfu(flops, list(mesh.devices.flat))
-    print(f"{config.name:>12} ({config.model.attention_impl}): "
+    print(f"{config.name:>12} ({config.model.attention_impl}, loss chunk "
+          f"{config.train.loss_chunk or 'none'}): "
           f"{param_count(config.model) / 1e6:7.1f}M params, batch "
           f"{config.train.batch_size} x seq {config.data.seq_len}, {config.model.dtype}: compile "
           f"{compile_s:6.1f} s, step {step_s * 1e3:8.1f} ms, {tokens / step_s:9.0f} tokens/s, "
           f"{flops / 1e12:7.3f} model TFLOP/s = {flops / peak:6.1%} of measured matmul peak, MFU "
           + ("n/a" if util is None else f"{util:.1%}") + f" (loss {float(metrics['loss']):.3f})",
           flush=True)
+    return step_s
 
 
 def compile_3b(dtype: str) -> None:
@@ -135,9 +146,16 @@ def main(argv: list[str]) -> None:
           + (f" (table bf16 peak {table / 1e12:.0f})" if table else ""), flush=True)
     for size in SIZES.value:
         for attention in ATTENTION.value:
-            config = experiment(size, DTYPE.value, SEQ.value, BATCH.value, attention)
-            peak = matmul_peak(MATMUL.value, DTYPE.value)  # again, right before: machines drift
-            time_steps(config, STEPS.value, peak * len(jax.devices()))
+            times = {}
+            for chunk in map(int, LOSS_CHUNKS.value):
+                config = experiment(size, DTYPE.value, SEQ.value, BATCH.value, attention, chunk)
+                peak = matmul_peak(MATMUL.value, DTYPE.value)  # again, right before: machines drift
+                times[chunk] = time_steps(config, STEPS.value, peak * len(jax.devices()))
+            if 0 in times:
+                for chunk, seconds in times.items():
+                    if chunk:
+                        print(f"{size} ({attention}): step time with loss chunk {chunk} / whole "
+                              f"logits = {seconds / times[0]:.3f}", flush=True)
     if COMPILE_3B.value:
         compile_3b(DTYPE.value)
 

@@ -251,7 +251,11 @@ class TrainConfig:
 
     steps: int = 350_000
     batch_size: int = 2048  # global, in sequences
-    microbatches: int = 1
+    # Gradient accumulation: a count, or "auto": the fewest microbatches that keep every device at
+    # or under max_sequences_per_device sequences per microbatch (resolved for the mesh).
+    microbatches: int | str = 1
+    max_sequences_per_device: int = 16  # the paper's recipe: 16 sequences per GPU
+    loss_chunk: int = 256  # sequence positions whose logits exist at once (0: the whole batch)
     peak_lr: float = 5.3e-3
     min_lr_ratio: float = 0.1
     warmup_init_lr: float = 1e-6
@@ -278,21 +282,41 @@ class TrainConfig:
     restart_data_stream: bool = False
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "microbatches", "peak_lr", "cosine_period",
-                     "log_every", "eval_every", "save_every", "keep_checkpoints"):
+        for name in ("steps", "batch_size", "peak_lr", "cosine_period", "log_every", "eval_every",
+                     "save_every", "keep_checkpoints", "max_sequences_per_device"):
             _positive(f"train.{name}", getattr(self, name))
         for name in ("warmup_steps", "weight_decay", "grad_clip", "z_loss", "eval_batches",
-                     "keep_every", "sample_lines", "warmup_init_lr", "seed"):
+                     "keep_every", "sample_lines", "warmup_init_lr", "seed", "loss_chunk"):
             _positive(f"train.{name}", getattr(self, name), allow_zero=True)
+        if self.microbatches != "auto" and (not isinstance(self.microbatches, int)
+                                            or self.microbatches < 1):
+            _fail("train.microbatches", self.microbatches, 'a positive integer or "auto"')
         if not 0 <= self.min_lr_ratio <= 1:
             _fail("train.min_lr_ratio", self.min_lr_ratio, "a fraction in [0, 1]")
         for name in ("b1", "b2"):
             if not 0 <= getattr(self, name) < 1:
                 _fail(f"train.{name}", getattr(self, name), "a value in [0, 1)")
-        if self.batch_size % self.microbatches:
+        if self.microbatches != "auto" and self.batch_size % self.microbatches:
             _fail("train.microbatches", self.microbatches,
                   f"a divisor of train.batch_size={self.batch_size}")
         _choice("train.nonfinite", self.nonfinite, NONFINITE_POLICIES)
+
+    def microbatch_count(self, batch_shards: int) -> int:
+        """``microbatches`` for a mesh whose data x fsdp axes hold ``batch_shards`` devices: the
+        number given, or for "auto" the smallest count that divides the global batch into
+        microbatches splitting evenly over the devices with at most ``max_sequences_per_device``
+        sequences on each."""
+        if self.microbatches != "auto":
+            return int(self.microbatches)
+        if self.batch_size % batch_shards:
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} does not split over the {batch_shards} devices "
+                "of the mesh's data x fsdp axes; make it a multiple of them")
+        per_device = self.batch_size // batch_shards
+        count = -(-per_device // self.max_sequences_per_device)
+        while per_device % count:
+            count += 1
+        return count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -438,7 +462,12 @@ def _convert(field: str, value: Any, annotation: Any) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(field, value, inner[0])
+        for member in inner[:-1]:  # the first member type that takes the value
+            try:
+                return _convert(field, value, member)
+            except ConfigError:
+                continue
+        return _convert(field, value, inner[-1])
     if origin is tuple:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = (value,)
@@ -501,6 +530,10 @@ def to_config_dict(config: Config) -> ml_collections.ConfigDict:
 
 def default_config() -> ml_collections.ConfigDict:
     """Every field with its default: what experiment files start from."""
-    return to_config_dict(
+    config = to_config_dict(
         Config(model=ModelConfig(), data=DataConfig(), train=TrainConfig(), mesh=MeshConfig())
     )
+    # a count or "auto", in experiment files and on the command line alike
+    config.train.microbatches = ml_collections.FieldReference(config.train.microbatches,
+                                                           field_type=object)
+    return config

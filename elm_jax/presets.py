@@ -26,11 +26,16 @@ class Preset(NamedTuple):
     peak_lr: float
     activation_checkpointing: bool
     fsdp: bool
+    # Sequences per device per microbatch ("auto" microbatches). CoreNet puts 16 on each 80 GB
+    # A100; the 270M, which keeps every activation (no checkpointing), would need about 21.5 GiB per
+    # chip for 16 by elm-plan's analytic floor, more than a 16 GiB v5e chip: 8, with twice the
+    # gradient accumulation for the same global batch.
+    max_sequences_per_device: int = 16
 
 
 SIZES = {
     "270m": Preset(num_layers=16, model_dim=1280, head_dim=64, peak_lr=5.3e-3,
-                   activation_checkpointing=False, fsdp=False),
+                   activation_checkpointing=False, fsdp=False, max_sequences_per_device=8),
     "450m": Preset(num_layers=20, model_dim=1536, head_dim=64, peak_lr=3.9e-3,
                    activation_checkpointing=True, fsdp=False),
     "1_1b": Preset(num_layers=28, model_dim=2048, head_dim=64, peak_lr=2.4e-3,
@@ -72,6 +77,8 @@ def openelm_config(size: str, arg: str | None = None) -> ml_collections.ConfigDi
     config.data.nfc_normalize = True  # CoreNet's tokenizer: enable_nfc_normalization
     config.train.eval_batches = 0  # CoreNet trains these without a validation set (disable_val)
     config.train.peak_lr = preset.peak_lr
+    config.train.microbatches = "auto"  # from the sequences per device, not by hand
+    config.train.max_sequences_per_device = preset.max_sequences_per_device
     config.train.run_dir = f"runs/openelm_{size}"
     if preset.fsdp:
         config.mesh.data = 1

@@ -4,6 +4,7 @@ import pytest
 
 from elm_jax.config import default_config, from_config_dict
 from elm_jax.errors import ConfigError
+from elm_jax.presets import openelm_config
 
 
 def _with(section, field, value):
@@ -80,3 +81,44 @@ def test_attention_interpret_must_be_a_bool():
     raw["model"]["attention_interpret"] = "yes"
     with pytest.raises(ConfigError, match="model.attention_interpret.*True or False"):
         from_config_dict(raw)
+
+
+@pytest.mark.parametrize("batch,shards,most,expected", [
+    (2048, 16, 16, 8),     # the 3B recipe on a v5p-32 slice: 128 per chip -> 8 x 16
+    (2048, 32, 16, 4),
+    (2048, 128, 16, 1),    # 16 per device already: one microbatch
+    (2048, 256, 16, 1),
+    (96, 4, 10, 3),        # 24 per device: 3 x 8 (2 x 12 is over the limit)
+    (112, 4, 10, 4),       # 28 per device: 4 x 7; 3 does not divide 28
+    (52, 4, 4, 13),        # 13 per device: only 13 x 1 stays under 4
+])
+def test_auto_microbatches_are_the_fewest_that_fit_the_per_device_limit(batch, shards, most,
+                                                                        expected):
+    cd = default_config()
+    cd.train.batch_size = batch
+    cd.train.microbatches = "auto"
+    cd.train.max_sequences_per_device = most
+    assert from_config_dict(cd).train.microbatch_count(shards) == expected
+
+
+@pytest.mark.parametrize("size,chips,expected", [
+    ("270m", 8, 32),   # v5e-8: 256 per chip, at most 8 (the 270M keeps every activation) -> 32 x 8
+    ("3b", 16, 8),     # v5p-32: 128 per chip -> 8 x 16, the paper's 16 per device
+])
+def test_presets_resolve_auto_microbatches_from_their_per_device_limit(size, chips, expected):
+    assert from_config_dict(openelm_config(size)).train.microbatch_count(chips) == expected
+
+
+def test_microbatches_take_a_count_or_auto_and_nothing_else():
+    cd = default_config()
+    cd.train.microbatches = 4  # experiment files may set either kind on the same field
+    assert from_config_dict(cd).train.microbatch_count(8) == 4
+    cd.train.microbatches = "auto"
+    assert from_config_dict(cd).train.microbatches == "auto"
+    cd.train.microbatches = "many"
+    with pytest.raises(ConfigError, match='train.microbatches.*"auto"'):
+        from_config_dict(cd)
+    cd.train.microbatches = "auto"
+    cd.train.batch_size = 100
+    with pytest.raises(ConfigError, match="train.batch_size=100.*8 devices"):
+        from_config_dict(cd).train.microbatch_count(8)

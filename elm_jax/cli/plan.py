@@ -4,8 +4,11 @@
     elm-plan --config experiments/openelm_1_1b.py --topology v5e-16 --batch_search
     elm-plan --config experiments/openelm_3b.py --topology v5e-1 --verify_suggestions
 
-Prints per-chip memory (arguments, outputs, temporaries vs HBM), FLOPs per step and the step time
-at ``--mfu``. Exit code 0 when it fits, 1 when it does not (with suggestions), 2 on a user error.
+Prints per-chip memory (arguments, outputs, temporaries vs HBM), an analytic floor with XLA's
+temporaries against it and the largest buffers at XLA's peak, FLOPs per step and the step time at
+``--mfu``. When the step does not fit, it searches microbatches and remat policy by compiling and
+prints the flags that fit (``--nofit``: skip the search). Exit code 0 when the config fits as
+given, 1 when it does not (with suggestions and the flags found), 2 on a user error.
 """
 
 from __future__ import annotations
@@ -32,11 +35,14 @@ flags.DEFINE_alias("batch-search", "batch_search")  # the spelling in MaxText-st
 BATCH_LIMIT = flags.DEFINE_integer("batch_limit", 1024, "largest per-chip batch --batch_search tries")
 VERIFY = flags.DEFINE_boolean("verify_suggestions", False,
                               "when it does not fit, compile each suggestion until one fits")
+FIT = flags.DEFINE_boolean("fit", True, "when it does not fit, search microbatches and remat policy "
+                           "by compiling and print the flags that fit (--nofit: do not)")
 
 
 def plan_and_report(config: Config, topology_name: str, *, slices: int = 1, mfu: float = 0.4,
                     hbm_fraction: float = 0.95, batch_search: bool = False, batch_limit: int = 1024,
-                    verify: bool = False, **plan_kwargs) -> tuple[bool, str]:
+                    verify: bool = False, search_fit: bool = False,
+                    **plan_kwargs) -> tuple[bool, str]:
     """(fits, report text) for ``config`` on the named slice; what ``elm-plan`` prints."""
     topology = topo_lib.parse(topology_name, slices)
     kwargs = dict(hbm_fraction=hbm_fraction, **plan_kwargs)
@@ -56,7 +62,12 @@ def plan_and_report(config: Config, topology_name: str, *, slices: int = 1, mfu:
     result = plan_lib.plan(config, topology, **kwargs)
     if not result.fits and verify:
         result = plan_lib.verify_suggestions(result, **kwargs)
-    return result.fits, plan_lib.report(result, mfu)
+    text = plan_lib.report(result, mfu)
+    if not result.fits and search_fit:
+        from elm_jax.train.fit import fit, fit_report
+
+        text += "\n" + fit_report(fit(result, **kwargs))
+    return result.fits, text
 
 
 def _main(argv: list[str]) -> None:
@@ -71,7 +82,8 @@ def _main(argv: list[str]) -> None:
         config, extra["build_step"] = finetune_step_builder(config)
     fits, text = plan_and_report(config, TOPOLOGY.value, slices=SLICES.value, mfu=MFU.value,
                                  hbm_fraction=HBM_FRACTION.value, batch_search=BATCH_SEARCH.value,
-                                 batch_limit=BATCH_LIMIT.value, verify=VERIFY.value, **extra)
+                                 batch_limit=BATCH_LIMIT.value, verify=VERIFY.value,
+                                 search_fit=FIT.value, **extra)
     print(text)
     sys.exit(0 if fits else 1)
 

@@ -122,7 +122,7 @@ def finetune_objective(load_base: BaseLoader | None = None) -> ObjectiveBuilder:
         def sums(params: Tree, frozen: Tree, batch: Any, key: jax.Array | None):
             policy = policy_params(lay, params, frozen, key)
             if ft.method == "sft":
-                return forward_sums(gdef, policy, batch), {}
+                return forward_sums(config, gdef, policy, batch), {}
             return dpo_sums(forward_logits(gdef, policy, batch),
                             forward_logits(gdef, reference_params(frozen), batch), batch,
                             beta=ft.dpo_beta, loss=ft.dpo_loss)

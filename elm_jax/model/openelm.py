@@ -57,8 +57,10 @@ class DecoderLayer(nnx.Module):
         Training passes the layer's own attention; decoding passes one that reads a KV cache
         (``elm_jax.infer``), so both share this one definition of the block.
         """
-        x = constrain(x + attend(self.attn_norm(x)).astype(x.dtype), RESIDUAL)
-        return constrain(x + self.ffn(self.ffn_norm(x)).astype(x.dtype), RESIDUAL)
+        with jax.named_scope("attention"):  # names the ops in XLA's dumps (elm-plan's buffers)
+            x = constrain(x + attend(self.attn_norm(x)).astype(x.dtype), RESIDUAL)
+        with jax.named_scope("ffn"):
+            return constrain(x + self.ffn(self.ffn_norm(x)).astype(x.dtype), RESIDUAL)
 
 
 def _run_layer(layer: DecoderLayer, x: jax.Array, positions: jax.Array,
@@ -83,27 +85,41 @@ class OpenELM(nnx.Module):
         x = jnp.take(self.embed[...], tokens, axis=0).astype(jnp.dtype(self.cfg.dtype))
         return constrain(x, RESIDUAL)
 
+    def output_embedding(self) -> jax.Array:
+        """The tied output projection ``[vocab, d]`` in the compute dtype."""
+        return self.embed[...].astype(jnp.dtype(self.cfg.dtype))
+
+    def final_norm(self, x: jax.Array) -> jax.Array:
+        """The last residual stream, normed, in the compute dtype: what the logits are made of."""
+        return self.norm(x).astype(jnp.dtype(self.cfg.dtype))
+
     def logits(self, x: jax.Array) -> jax.Array:
         """Final norm, then the tied output projection, accumulated and returned in float32."""
-        dtype = jnp.dtype(self.cfg.dtype)
-        logits = jnp.einsum("bsd,vd->bsv", self.norm(x).astype(dtype),
-                            self.embed[...].astype(dtype), preferred_element_type=jnp.float32)
+        logits = jnp.einsum("bsd,vd->bsv", self.final_norm(x), self.output_embedding(),
+                            preferred_element_type=jnp.float32)
         return constrain(logits, LOGITS)
 
-    def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None) -> jax.Array:
-        """``positions`` default to 0..seq-1; ``segment_ids`` confine attention to a document."""
+    def hidden_states(self, tokens: jax.Array, *, positions: jax.Array | None = None,
+                      segment_ids: jax.Array | None = None) -> jax.Array:
+        """The residual stream after the last layer ``[batch, seq, d]`` (before the final norm)."""
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         x = self.embed_tokens(tokens)
         for index, layer in enumerate(self.layers):
             policy = self.cfg.remat_for_layer(index)
-            if policy == "none":
-                x = layer(x, positions, segment_ids)
-            else:
-                run = nnx.remat(_run_layer, policy=CHECKPOINT_POLICIES[policy])
-                x = run(layer, x, positions, segment_ids)
-        return self.logits(x)
+            with jax.named_scope(f"layer_{index}"):
+                if policy == "none":
+                    x = layer(x, positions, segment_ids)
+                else:
+                    run = nnx.remat(_run_layer, policy=CHECKPOINT_POLICIES[policy])
+                    x = run(layer, x, positions, segment_ids)
+        return x
+
+    def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
+        """``positions`` default to 0..seq-1; ``segment_ids`` confine attention to a document."""
+        return self.logits(self.hidden_states(tokens, positions=positions,
+                                              segment_ids=segment_ids))
 
 
 def build(cfg: ModelConfig, seed: int = 0) -> OpenELM:

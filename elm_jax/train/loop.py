@@ -32,7 +32,7 @@ from elm_jax.train.metrics import MetricsWriter, Throughput, summarize
 from elm_jax.train.preemption import PreemptionGuard
 from elm_jax.train.preflight import check_run_dir_writable
 from elm_jax.train.sample import sample_lines
-from elm_jax.train.step import ObjectiveBuilder, TrainState, make_train_step, pretraining
+from elm_jax.train.step import ObjectiveBuilder, TrainState, make_train_step, microbatch_note, pretraining
 
 ENTROPY_TOKENS = 1_000_000  # training tokens read to estimate the unigram entropy baseline
 
@@ -113,6 +113,7 @@ def _train(config: Config, *, make_iterator: IteratorFactory | None = None, toke
     say(f"{config.name}: mesh {dict(mesh.shape)} on {len(mesh.devices.flat)} "
         f"{jax.devices()[0].device_kind} device(s); run dir {run_dir}; "
         + (f"resumed at step {step}" if step else "starting from scratch"))
+    say(microbatch_note(config, mesh))
     for note in mesh_lib.sharding_report(config.model, abstract_params(config.model), mesh,
                                          rules_from_config(config.mesh)):
         say(f"sharding: {note}")

@@ -6,7 +6,12 @@ chip: argument / output / temporary bytes against the chip's HBM, compiled FLOPs
 a stated MFU implies. When the state alone cannot fit, it says so without compiling (the compiler
 would only confirm it, minutes later); when XLA runs out of HBM it reports XLA's own numbers.
 Every "does not fit" carries concrete suggestions, as config overrides, that can be verified by
-planning again (``verify_suggestions``). ``largest_batch`` searches the per-chip batch.
+planning again (``verify_suggestions``); ``fit`` searches microbatches and the remat policy by
+compiling until the step fits. ``largest_batch`` searches the per-chip batch.
+
+Next to XLA's figures every plan carries an analytic floor (``elm_jax.train.memory``: what any
+implementation must hold) and the buffers alive at XLA's peak (``elm_jax.train.buffers``), so a
+step that needs much more than its floor shows which buffers are the excess.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import resource
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -25,6 +31,8 @@ from elm_jax.errors import ConfigError
 from elm_jax.kernels.attention import resolve_impl
 from elm_jax.model import flops_per_token
 from elm_jax.parallel.mesh import make_mesh
+from elm_jax.train import buffers as buffers_lib
+from elm_jax.train import memory as memory_lib
 from elm_jax.train import topology as topo_lib
 from elm_jax.train.step import make_train_step
 from elm_jax.train.topology import GIB, Topology
@@ -79,6 +87,9 @@ class Plan:
     hbm_fraction: float
     state_bytes: int  # parameters + optimizer state + step counters, per chip (from shardings)
     batch_bytes: int
+    microbatches: int = 1  # train.microbatches resolved for the mesh ("auto" included)
+    bound: memory_lib.MemoryBound | None = None  # the analytic floor (real train steps only)
+    buffers: buffers_lib.PeakBuffers | None = None  # what XLA holds at its peak
     optimizer_bytes: int = 0  # the optimizer state's share of state_bytes
     trainable: int = 0  # parameters with optimizer state (all in pretraining, adapters in LoRA)
     argument_bytes: int | None = None  # the rest come from compiled.memory_analysis()
@@ -88,6 +99,7 @@ class Plan:
     code_bytes: int | None = None
     compiled_flops: float | None = None  # per chip, from cost_analysis()
     compile_seconds: float | None = None
+    host_peak_bytes: int | None = None  # this process's peak RSS after the compile
     compiler_error: str | None = None  # XLA's out-of-memory message, if it gave one
     suggestions: tuple[Suggestion, ...] = ()
 
@@ -121,6 +133,18 @@ class Plan:
         return self.global_batch / (self.mesh_shape.get("data", 1) * self.mesh_shape.get("fsdp", 1))
 
     @property
+    def per_chip_microbatch(self) -> float:
+        """Sequences one chip computes at once (per microbatch)."""
+        return self.per_chip_batch / self.microbatches
+
+    @property
+    def temp_ratio(self) -> float | None:
+        """XLA's temporaries over the floor's: how far the compiled step is from the account."""
+        if self.temp_bytes is None or self.bound is None or not self.bound.temp_bytes:
+            return None
+        return self.temp_bytes / self.bound.temp_bytes
+
+    @property
     def model_flops(self) -> float:
         """Model FLOPs of one step (6N-style, causal attention), the MFU convention."""
         seq = self.config.data.seq_len
@@ -129,15 +153,6 @@ class Plan:
     def step_seconds(self, mfu: float) -> float:
         """Step time if the slice ran at ``mfu`` of its peak bf16 FLOP/s."""
         return self.model_flops / (self.topology.chips * self.topology.chip.peak_bf16_flops * mfu)
-
-
-def _shard_bytes(tree: Any) -> int:
-    """Bytes one chip holds of abstract arrays with shardings (the largest shard if uneven)."""
-    total = 0
-    for leaf in jax.tree.leaves(tree):
-        shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
-        total += math.prod(shape) * leaf.dtype.itemsize
-    return total
 
 
 def _unsharded_bytes(tree: Any) -> int:
@@ -181,44 +196,74 @@ def with_overrides(config: Config, overrides: Sequence[tuple[str, Any]]) -> Conf
     return config
 
 
+def _batch_shards(mesh_shape: dict[str, int]) -> int:
+    return mesh_shape.get("data", 1) * mesh_shape.get("fsdp", 1)
+
+
+def _bound(config: Config, mesh: jax.sharding.Mesh, step: Step,
+           microbatches: int) -> memory_lib.MemoryBound | None:
+    """The analytic floor, for a real train step (a stand-in step has no TrainState)."""
+    if not hasattr(step.state_shapes, "opt_state"):
+        return None
+    return memory_lib.memory_bound(config, dict(mesh.shape), step.state_shapes, step.batch_shapes,
+                                   microbatches, attention_impl(config))
+
+
 def plan(config: Config, topology: Topology, *, build_step: StepBuilder = default_step_builder,
          build_mesh: Callable[[Config, Sequence[Any]], jax.sharding.Mesh] = default_mesh_builder,
-         hbm_fraction: float = DEFAULT_HBM_FRACTION, precheck: bool = True) -> Plan:
-    """Compile ``config``'s train step for ``topology`` and report whether it fits one chip's HBM."""
+         hbm_fraction: float = DEFAULT_HBM_FRACTION, precheck: bool = True,
+         read_buffers: bool = True) -> Plan:
+    """Compile ``config``'s train step for ``topology`` and report whether it fits one chip's HBM.
+
+    ``read_buffers``: also list the buffers alive at XLA's peak (from its dumps; a few seconds).
+    """
     mesh = build_mesh(config, topo_lib.devices(topology))
+    microbatches = config.train.microbatch_count(_batch_shards(dict(mesh.shape)))
     step = build_step(config, mesh)
     result = Plan(config=config, topology=topology, mesh_shape=dict(mesh.shape),
                   hbm_bytes=topology.chip.hbm_bytes, hbm_fraction=hbm_fraction,
-                  state_bytes=_shard_bytes(step.state_shapes),
-                  batch_bytes=_shard_bytes(step.batch_shapes),
-                  optimizer_bytes=_shard_bytes(getattr(step.state_shapes, "opt_state", ())),
+                  state_bytes=memory_lib.shard_bytes(step.state_shapes),
+                  batch_bytes=memory_lib.shard_bytes(step.batch_shapes),
+                  optimizer_bytes=memory_lib.shard_bytes(getattr(step.state_shapes, "opt_state", ())),
                   trainable=sum(math.prod(x.shape) for x in jax.tree.leaves(
-                      getattr(step.state_shapes, "params", ()))))
+                      getattr(step.state_shapes, "params", ()))),
+                  microbatches=microbatches, bound=_bound(config, mesh, step, microbatches))
     # When the state alone is over budget the compile cannot succeed: skip it (minutes, for 3B).
     if not precheck or result.state_bytes + result.batch_bytes <= result.budget_bytes:
-        result = _compile(result, step)
+        result = _compile(result, step, read_buffers)
     if not result.fits:
         result = dataclasses.replace(result, suggestions=tuple(suggest(result, step)))
     return result
 
 
-def _compile(result: Plan, step: Step) -> Plan:
+def _compile(result: Plan, step: Step, read_buffers: bool = True) -> Plan:
     """``result`` with XLA's memory and cost analysis, or with its out-of-memory message."""
     start = time.perf_counter()
+    peak = None
     try:
-        compiled = step.lower().compile()
+        if read_buffers:
+            compiled, peak = buffers_lib.compile_with_buffers(step.lower())
+        else:
+            compiled = step.lower().compile()
     except Exception as err:  # XLA reports HBM exhaustion as a runtime error
         if not _is_out_of_memory(err):
             raise
         message = _first_line(err)
         return dataclasses.replace(result, compiler_error=message, temp_bytes=_temporaries_in(message),
-                                   compile_seconds=time.perf_counter() - start)
+                                   compile_seconds=time.perf_counter() - start,
+                                   host_peak_bytes=host_peak_bytes())
     memory = compiled.memory_analysis()
     return dataclasses.replace(
         result, argument_bytes=memory.argument_size_in_bytes,
         output_bytes=memory.output_size_in_bytes, alias_bytes=memory.alias_size_in_bytes,
         temp_bytes=memory.temp_size_in_bytes, code_bytes=memory.generated_code_size_in_bytes,
-        compiled_flops=_cost(compiled).get("flops"), compile_seconds=time.perf_counter() - start)
+        compiled_flops=_cost(compiled).get("flops"), compile_seconds=time.perf_counter() - start,
+        buffers=peak, host_peak_bytes=host_peak_bytes())
+
+
+def host_peak_bytes() -> int:
+    """Peak resident memory of this process so far (what a compile needs of the host)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def _min_chips_for_state(total_state: int, chip: topo_lib.Chip, fraction: float) -> int:
@@ -260,7 +305,7 @@ def suggest(result: Plan, step: Step) -> list[Suggestion]:
         out.append(Suggestion("activations are kept for the backward pass; recompute them per layer",
                               overrides=(("model.remat_policy", "full"),)))
     per_chip = result.per_chip_batch
-    micro = config.train.microbatches
+    micro = result.microbatches
     factor = _activation_factor(result)
     rows = per_chip / micro  # sequences per chip in one microbatch
     while factor > 1 and (rows % factor or per_chip % (micro * factor)):
@@ -322,7 +367,8 @@ def largest_batch(config: Config, topology: Topology, *, limit: int = 4096,
     Doubles from one microbatch per chip until a compile does not fit, then bisects; returns
     (batch, its plan, every plan tried). (0, None, tried) when not even the smallest fits.
     """
-    step_size = config.train.microbatches
+    # a fixed count must divide every batch tried; "auto" adapts to each
+    step_size = config.train.microbatches if config.train.microbatches != "auto" else 1
     build_mesh = plan_kwargs.get("build_mesh", default_mesh_builder)
     mesh = build_mesh(config, topo_lib.devices(topology))
     shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
@@ -365,6 +411,37 @@ def _gib(value: int | None) -> str:
     return "-" if value is None else f"{value / GIB:8.2f} GiB"
 
 
+def microbatch_choice(result: Plan) -> str:
+    """How the batch is split, and whether "auto" chose it (what elm-plan and elm-train print)."""
+    train = result.config.train
+    text = (f"{result.microbatches} microbatch(es) of {result.per_chip_microbatch:g} sequences "
+            "per chip")
+    if train.microbatches == "auto":
+        text += f", chosen by train.microbatches=auto (<= {train.max_sequences_per_device} per chip)"
+    return text
+
+
+def memory_account(result: Plan, top: int = 10) -> list[str]:
+    """The analytic floor, XLA's temporaries against it, and the largest buffers at XLA's peak."""
+    lines: list[str] = []
+    bound = result.bound
+    if bound is not None:
+        lines.append("memory floor per chip (analytic: what any implementation must hold):")
+        for term in (*bound.held, *bound.temporaries):
+            lines.append(f"  {term.name:<37}{_gib(term.bytes)}   ({term.how})")
+        lines.append(f"  {'floor total':<37}{_gib(bound.total_bytes)}   (temporaries "
+                     f"{_gib(bound.temp_bytes).strip()})")
+        if result.temp_ratio is not None:
+            lines.append(f"  XLA temporaries / floor temporaries: {result.temp_ratio:.2f}x")
+    peak = result.buffers
+    if peak is not None and peak.temporaries:
+        lines.append(f"largest temporaries alive at XLA's peak ({_gib(peak.temporary_bytes).strip()} "
+                     f"of temporaries, {_gib(peak.argument_bytes).strip()} of arguments):")
+        for what, count, total, example in peak.grouped()[:top]:
+            lines.append(f"  {_gib(total)}  {count:3d} x {example.shape:<26} {what}")
+    return lines
+
+
 def _size(value: int) -> str:
     """GiB, or MiB below one GiB (a LoRA run's optimizer state is a few MiB)."""
     return _gib(value) if value >= GIB else f"{value / 2 ** 20:8.2f} MiB"
@@ -378,7 +455,7 @@ def report(result: Plan, mfu: float) -> str:
         f"{cfg.name} on {topology} ({topology.chips} {topology.chip.name} chips, {topology.hosts} "
         f"hosts, {topology.chip.hbm_bytes / GIB:.0f} GiB HBM each); mesh {mesh}",
         f"batch {result.global_batch} x {cfg.data.seq_len} tokens ({result.per_chip_batch:g} "
-        f"sequences per chip, {cfg.train.microbatches} microbatch(es)); remat "
+        f"sequences per chip: {microbatch_choice(result)}); remat "
         f"{cfg.model.remat_policy}; compute {cfg.model.dtype}, params {cfg.model.param_dtype}; "
         f"attention: {attention_impl(cfg)}",
         "per-chip memory:",
@@ -403,6 +480,7 @@ def report(result: Plan, mfu: float) -> str:
         lines.append(f"  XLA: {result.compiler_error}")
     elif not result.compiled:
         lines.append("  (not compiled: the state alone exceeds the chip's HBM)")
+    lines += memory_account(result)
     model_per_chip = result.model_flops / topology.chips
     lines.append(f"model FLOPs per step: {result.model_flops:.4g} ({model_per_chip:.4g} per chip)")
     if result.compiled_flops is not None:
@@ -414,7 +492,9 @@ def report(result: Plan, mfu: float) -> str:
     lines.append(f"at {mfu:.0%} MFU: {seconds:.3f} s per step, "
                  f"{tokens / seconds / topology.chips:,.0f} tokens/s per chip")
     if result.compile_seconds is not None:
-        lines.append(f"compile time on this machine: {result.compile_seconds:.1f} s")
+        lines.append(f"compile time on this machine: {result.compile_seconds:.1f} s"
+                     + (f", peak host memory {result.host_peak_bytes / GIB:.1f} GiB"
+                        if result.host_peak_bytes else ""))
     lines.append(f"verdict: {'FITS' if result.fits else 'DOES NOT FIT'}")
     for i, s in enumerate(result.suggestions, 1):
         lines.append(f"suggestion {i}: {s.why}")

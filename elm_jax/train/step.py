@@ -30,11 +30,29 @@ from elm_jax.config import Config, rules_from_config
 from elm_jax.model import abstract_model, abstract_params, build
 from elm_jax.parallel import mesh as mesh_lib
 from elm_jax.parallel import rules as rules_lib
-from elm_jax.train.loss import LossSums, loss_sums
+from elm_jax.train.loss import LossSums, chunked_loss_sums, loss_sums
 from elm_jax.train.optimizer import learning_rate_schedule, make_optimizer
 
 Params = dict[str, Any]
 Batch = Mapping[str, jax.Array]
+
+# XLA options of every TPU compile of the train and eval steps. libtpu's "windowed einsum" rewrites
+# each FSDP all-gather or reduce-scatter that feeds or follows a matmul into a loop of
+# collective-permutes. In the 3B step on 16 v5p chips (16 sequences per chip per microbatch) those
+# loops held every layer's weight-gradient inputs (activations and their gradients) until the end
+# of the backward pass: 82.5 GiB of temporaries, against 13.6 GiB without them (elm-plan's buffer
+# list, libtpu AOT compile); the compile also took twice as long and more host memory. Without them
+# the all-gathers and reduce-scatters stay asynchronous, overlapped by XLA's scheduler.
+TPU_COMPILER_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+                        "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
+
+
+def compiler_options_for(mesh: jax.sharding.Mesh,
+                         options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``options`` over ``TPU_COMPILER_OPTIONS`` on a TPU mesh; unchanged elsewhere."""
+    if mesh.devices.flat[0].platform != "tpu":
+        return dict(options) if options else None
+    return {**TPU_COMPILER_OPTIONS, **(options or {})}
 
 
 class TrainState(NamedTuple):
@@ -65,15 +83,49 @@ def graphdef(config: Config) -> nnx.GraphDef:
     return nnx.split(abstract_model(config.model))[0]
 
 
+def _batch_shards(mesh: jax.sharding.Mesh) -> int:
+    return rules_lib.axis_size(mesh, BATCH_AXES)
+
+
+def microbatch_count(config: Config, mesh: jax.sharding.Mesh) -> int:
+    """``train.microbatches`` resolved for ``mesh`` ("auto": from the devices on the batch axes)."""
+    return config.train.microbatch_count(_batch_shards(mesh))
+
+
+def microbatch_note(config: Config, mesh: jax.sharding.Mesh) -> str:
+    """One line on how each step's batch is split (what ``elm-train`` prints at the start)."""
+    count = microbatch_count(config, mesh)
+    rows = config.train.batch_size // (_batch_shards(mesh) * count)
+    note = (f"batch {config.train.batch_size} x {config.data.seq_len}: {count} microbatch(es) of "
+            f"{rows} sequence(s) per device")
+    if config.train.microbatches == "auto":
+        note += (f" (train.microbatches=auto: at most {config.train.max_sequences_per_device} per "
+                 "device)")
+    return note
+
+
 def forward_logits(gdef: nnx.GraphDef, params: Params, batch: Batch) -> jax.Array:
     """The model's logits on one (micro)batch under ``params``."""
     model = nnx.merge(gdef, params)
     return model(batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"])
 
 
-def forward_sums(gdef: nnx.GraphDef, params: Params, batch: Batch) -> LossSums:
-    """Loss sums of one (micro)batch under ``params``."""
-    return loss_sums(forward_logits(gdef, params, batch), batch["targets"], batch["loss_mask"])
+def forward_sums(config: Config, gdef: nnx.GraphDef, params: Params, batch: Batch) -> LossSums:
+    """Loss sums of one (micro)batch under ``params``.
+
+    With ``train.loss_chunk`` > 0 the logits exist one chunk of the sequence at a time
+    (``chunked_loss_sums``: the float32 ``[batch, seq, vocab]`` logits and their gradient are never
+    whole); 0 computes the whole logits, as a reference.
+    """
+    if config.train.loss_chunk <= 0:
+        return loss_sums(forward_logits(gdef, params, batch), batch["targets"], batch["loss_mask"])
+    model = nnx.merge(gdef, params)
+    hidden = model.hidden_states(batch["inputs"], positions=batch["positions"],
+                                 segment_ids=batch["segment_ids"])
+    with jax.named_scope("loss"):
+        return chunked_loss_sums(model.final_norm(hidden), model.output_embedding(),
+                                 batch["targets"], batch["loss_mask"],
+                                 z_loss_weight=config.train.z_loss, chunk=config.train.loss_chunk)
 
 
 Sums = tuple[LossSums, dict[str, jax.Array]]
@@ -118,7 +170,8 @@ def pretraining(config: Config, mesh: jax.sharding.Mesh, rules: Rules) -> Object
 
     return Objective(abstract, mesh_lib.param_shardings(params_state, mesh, rules), {}, {},
                      load_base=dict, start=start,
-                     sums=lambda params, frozen, batch, key: (forward_sums(gdef, params, batch), {}),
+                     sums=lambda params, frozen, batch, key: (
+                         forward_sums(config, gdef, params, batch), {}),
                      model_params=lambda params, frozen: params)
 
 
@@ -180,7 +233,12 @@ def loss_and_grads(config: Config, objective: Objective, params: Params, frozen:
                    batch: Batch, mesh: jax.sharding.Mesh, key: jax.Array | None = None
                    ) -> tuple[Sums, Params]:
     """Loss (and metric) sums and the gradient of the mean objective with respect to ``params``,
-    accumulated over ``train.microbatches``."""
+    accumulated over ``train.microbatches``.
+
+    Each microbatch's gradients and the accumulator are pinned to the parameters' layout
+    (``objective.param_shardings``), so gradients are reduce-scattered as they are made and never
+    held whole.
+    """
     z_weight = config.train.z_loss
 
     def grad_of_sums(p: Params, mb: Batch) -> tuple[Sums, Params]:
@@ -189,9 +247,10 @@ def loss_and_grads(config: Config, objective: Objective, params: Params, frozen:
             return sums.cross_entropy + z_weight * sums.z_loss, (sums, extra)
 
         (_, sums), grads = jax.value_and_grad(loss, has_aux=True)(p)
+        grads = jax.lax.with_sharding_constraint(grads, objective.param_shardings)
         return sums, grads
 
-    count = config.train.microbatches
+    count = microbatch_count(config, mesh)
     if count == 1:
         sums, grads = grad_of_sums(params, batch)
     else:
@@ -201,6 +260,7 @@ def loss_and_grads(config: Config, objective: Objective, params: Params, frozen:
         microbatches = _split_microbatches(batch, count, mesh)
         shapes = jax.eval_shape(grad_of_sums, params, jax.tree.map(lambda x: x[0], microbatches))
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
+        zeros = (zeros[0], jax.lax.with_sharding_constraint(zeros[1], objective.param_shardings))
         (sums, grads), _ = jax.lax.scan(accumulate, zeros, microbatches)
     scale = 1.0 / jnp.maximum(sums[0].tokens, 1.0)
     return sums, jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grads, params)
@@ -277,9 +337,11 @@ def make_train_step(config: Config, mesh: jax.sharding.Mesh, *, donate: bool = T
     """The train step of ``config`` for ``mesh`` (jitted, not yet compiled).
 
     ``compiler_options`` are XLA options for this step's compilation (e.g. TPU scheduler flags, or
-    ``{"xla_backend_optimization_level": 0}`` for quick CPU compiles in tests).
+    ``{"xla_backend_optimization_level": 0}`` for quick CPU compiles in tests), on top of
+    ``TPU_COMPILER_OPTIONS`` on TPUs.
     """
-    mesh_lib.check_batch_divides(mesh, config.train.batch_size, config.train.microbatches)
+    compiler_options = compiler_options_for(mesh, compiler_options)
+    mesh_lib.check_batch_divides(mesh, config.train.batch_size, microbatch_count(config, mesh))
     rules = rules_from_config(config.mesh) if rules is None else rules
     tx = make_optimizer(config.train)
     schedule = learning_rate_schedule(config.train)
@@ -337,6 +399,7 @@ def make_eval_step(config: Config, mesh: jax.sharding.Mesh, *, batch_size: int |
                    objective: ObjectiveBuilder = pretraining
                    ) -> Callable[..., LossSums]:
     """Jitted ``fn(params, batch, frozen={}) -> LossSums`` for held-out loss and perplexity."""
+    compiler_options = compiler_options_for(mesh, compiler_options)
     mesh_lib.check_batch_divides(mesh, batch_size or config.train.batch_size)
     rules = rules_from_config(config.mesh) if rules is None else rules
     task = objective(config, mesh, rules)

@@ -116,7 +116,7 @@ def test_changing_prompt_targets_never_changes_the_loss(tokenizer):
     config = Config(model=cfg, data=DataConfig(seq_len=32, pad_id=150), train=TrainConfig(),
                     mesh=MeshConfig(1, 1, 1))
     params = nnx.to_pure_dict(nnx.state(build(cfg), nnx.Param))
-    sums = jax.jit(lambda p, b: forward_sums(graphdef(config), p, b), compiler_options=FAST_COMPILE)
+    sums = jax.jit(lambda p, b: forward_sums(config, graphdef(config), p, b), compiler_options=FAST_COMPILE)
     before = sums(params, batch)
     prompt = batch["loss_mask"] == 0
     scrambled = dict(batch, targets=np.where(prompt, (batch["targets"] + 7) % 150, batch["targets"]))

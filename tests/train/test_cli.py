@@ -70,6 +70,7 @@ def test_elm_train_runs_reports_and_resumes(experiment):
     out = elm_train("--config", str(config))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "starting from scratch" in out.stdout and out.stdout.count("sample: ") == 2
+    assert "batch 8 x 32: 1 microbatch(es) of 8 sequence(s) per device" in out.stdout
     done = [line for line in out.stdout.splitlines() if line.startswith("done: step 6")]
     assert done and "validation loss" in done[0] and "unigram entropy of the data" in done[0]
     assert (run_dir / "tokenizer.model").read_bytes() == Path(tokenizer).read_bytes()
@@ -82,9 +83,13 @@ def test_elm_train_runs_reports_and_resumes(experiment):
     assert [line.split("/")[0] for line in plain] == ["step 2", "step 3", "step 4", "step 6"]
     assert f"loss {logged[0]['loss']:.4g}" in plain[0] and "tokens/s, ETA 0:" in plain[0]
     assert "INFO" not in out.stderr  # quiet by default: no orbax / absl INFO lines
-    more = elm_train("--config", str(config), "--config.train.steps=8")
+    # Resumed with gradient accumulation chosen from the per-device limit (same global batch).
+    more = elm_train("--config", str(config), "--config.train.steps=8",
+                     "--config.train.microbatches=auto", "--config.train.max_sequences_per_device=3")
     assert more.returncode == 0, more.stderr[-3000:]
     assert "resumed at step 6" in more.stdout and "done: step 8" in more.stdout
+    assert ("batch 8 x 32: 4 microbatch(es) of 2 sequence(s) per device (train.microbatches=auto: "
+            "at most 3 per device)") in more.stdout
 
 
 def test_elm_train_refuses_a_run_dir_of_another_model_in_one_line(experiment):

@@ -46,6 +46,14 @@ def test_tiny_compiles_for_a_small_slice_and_fits():
     assert 0.8 <= result.compiled_flops / model_per_chip < 1.5
     text = plan_lib.report(result, mfu=0.5)
     assert "verdict: FITS" in text and "temporaries" in text and "attention: pallas_tpu" in text
+    assert "(4 sequences per chip: 1 microbatch(es) of 4 sequences per chip)" in text
+    # The memory account: the floor's terms, XLA's temporaries against it, the peak's buffers.
+    assert result.bound.held_bytes == pytest.approx(result.state_bytes + result.batch_bytes, abs=64)
+    assert "memory floor per chip" in text and "XLA temporaries / floor temporaries" in text
+    assert result.temp_ratio == result.temp_bytes / result.bound.temp_bytes
+    assert result.buffers.argument_bytes > 0 and result.buffers.temporaries
+    assert "largest temporaries alive at XLA's peak" in text
+    assert result.host_peak_bytes > 2 ** 28 and "peak host memory" in text
     expected_seconds = model_per_chip * 4 / (4 * 197e12 * 0.5)
     assert result.step_seconds(0.5) == pytest.approx(expected_seconds)
 
@@ -61,6 +69,9 @@ def test_3b_on_one_v5e_chip_does_not_fit_and_says_what_would():
     assert result.returncode == 1, result.stderr[-2000:]
     out = result.stdout
     assert "verdict: DOES NOT FIT" in out
+    # microbatches "auto" in the preset: the 2048 sequences in 128 microbatches of 16
+    assert "128 microbatch(es) of 16 sequences per chip, chosen by train.microbatches=auto" in out
+    assert "no microbatch count or remat policy fits" in out  # the search needs no compile here
     assert "not compiled: the state alone exceeds" in out  # 36 GB of state on a 16 GB chip
     # f32 parameters + two Adam moments of 3,037,040,640 parameters, all on the one chip:
     assert f"parameters + optimizer state {12 * 3_037_040_640 / GIB:8.2f} GiB" in out
@@ -68,7 +79,7 @@ def test_3b_on_one_v5e_chip_does_not_fit_and_says_what_would():
     assert "--topology v5e-8 --config.mesh.data=1 --config.mesh.fsdp=-1" in out
     # The batch search (spelled as in the issue) starts at one sequence per chip and stops there.
     search = plan_cli("--config", "experiments/openelm_3b.py", "--topology", "v5e-1",
-                      "--batch-search")
+                      "--batch-search", "--config.train.microbatches=1")
     assert search.returncode == 1, search.stderr[-2000:]
     assert search.stdout.startswith("per-chip batch 1: does not fit")
     assert "not even the smallest batch fits" in search.stdout

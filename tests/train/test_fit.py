@@ -1,0 +1,80 @@
+"""elm-plan --fit: the search for microbatches and remat policy, against a stand-in planner whose
+limits we set (real compiles take minutes; tests/parallel/test_plan.py compiles for real)."""
+
+import dataclasses
+
+import pytest
+
+from elm_jax.config import default_config, from_config_dict
+from elm_jax.train import fit as fit_lib
+from elm_jax.train import plan as plan_lib
+from elm_jax.train import topology
+from elm_jax.train.topology import GIB
+
+
+def fake_planner(monkeypatch, fits):
+    """Replace the compile with ``fits(rows per chip per microbatch, remat policy)``."""
+    seen = []
+
+    def fake_plan(config, topo, **kwargs):
+        shards = 4
+        micro = config.train.microbatch_count(shards)
+        rows = config.train.batch_size // shards // micro
+        seen.append((micro, config.model.remat_policy))
+        ok = fits(rows, config.model.remat_policy)
+        return plan_lib.Plan(config=config, topology=topo,
+                             mesh_shape={"data": 4, "fsdp": 1, "tensor": 1}, hbm_bytes=GIB,
+                             hbm_fraction=1.0, state_bytes=0, batch_bytes=0, microbatches=micro,
+                             argument_bytes=0, output_bytes=0, alias_bytes=0, code_bytes=0,
+                             temp_bytes=GIB // 2 if ok else 2 * GIB)
+
+    monkeypatch.setattr(plan_lib, "plan", fake_plan)
+    return seen
+
+
+def config(policy="none", batch=256):
+    cd = default_config()
+    cd.train.batch_size = batch  # 64 sequences per chip on 4 chips
+    cd.train.microbatches = "auto"  # 16 per chip: 4 microbatches
+    cd.model.remat_policy = policy
+    return from_config_dict(cd)
+
+
+def test_fewest_microbatches_under_the_configured_remat(monkeypatch):
+    seen = fake_planner(monkeypatch, lambda rows, policy: rows <= 5)
+    first = plan_lib.plan(config(), topology.parse("v5e-4"))
+    result = fit_lib.fit(first)
+    # 64 per chip: counts 4, 8, 16, 32, 64 divide it; 16 microbatches of 4 is the first under 5.
+    assert result.plan.fits and result.overrides == (("train.microbatches", 16),)
+    assert result.flags() == "--config.train.microbatches=16"
+    assert len(seen) <= 1 + 3  # the first plan, then the largest count and a bisection step or two
+    assert all(policy == "none" for _, policy in seen)
+    assert "fits with: --config.train.microbatches=16" in fit_lib.fit_report(result)
+
+
+def test_full_remat_when_no_microbatch_count_is_enough(monkeypatch):
+    seen = fake_planner(monkeypatch, lambda rows, policy: policy == "full" and rows <= 8)
+    first = plan_lib.plan(config(), topology.parse("v5e-4"))
+    result = fit_lib.fit(first)
+    assert result.overrides == (("train.microbatches", 8), ("model.remat_policy", "full"))
+    assert (64, "none") in seen  # every count tried under the configured policy first
+
+
+def test_nothing_fits(monkeypatch):
+    fake_planner(monkeypatch, lambda rows, policy: False)
+    result = fit_lib.fit(plan_lib.plan(config(), topology.parse("v5e-4")))
+    assert result.plan is None and "no microbatch count" in fit_lib.fit_report(result)
+
+
+@pytest.mark.parametrize("per_chip,start,expected", [(64, 4, [4, 8, 16, 32, 64]),
+                                                     (24, 1, [1, 2, 3, 4, 6, 8, 12, 24]),
+                                                     (13, 2, [13])])
+def test_microbatch_counts(per_chip, start, expected):
+    assert fit_lib.microbatch_counts(per_chip, start) == expected
+
+
+def test_a_config_that_fits_is_left_alone(monkeypatch):
+    seen = fake_planner(monkeypatch, lambda rows, policy: True)
+    first = plan_lib.plan(config(), topology.parse("v5e-4"))
+    result = fit_lib.fit(dataclasses.replace(first))
+    assert result.overrides == (("train.microbatches", 4),) and len(seen) == 1
