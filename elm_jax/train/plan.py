@@ -34,7 +34,7 @@ from elm_jax.parallel.mesh import make_mesh
 from elm_jax.train import buffers as buffers_lib
 from elm_jax.train import memory as memory_lib
 from elm_jax.train import topology as topo_lib
-from elm_jax.train.step import make_train_step
+from elm_jax.train.step import make_train_step, microbatch_count
 from elm_jax.train.topology import GIB, Topology
 
 # Leave room for what XLA's analysis does not see (runtime buffers, fragmentation, infeed).
@@ -196,10 +196,6 @@ def with_overrides(config: Config, overrides: Sequence[tuple[str, Any]]) -> Conf
     return config
 
 
-def _batch_shards(mesh_shape: dict[str, int]) -> int:
-    return mesh_shape.get("data", 1) * mesh_shape.get("fsdp", 1)
-
-
 def _bound(config: Config, mesh: jax.sharding.Mesh, step: Step,
            microbatches: int) -> memory_lib.MemoryBound | None:
     """The analytic floor, for a real train step (a stand-in step has no TrainState)."""
@@ -218,7 +214,7 @@ def plan(config: Config, topology: Topology, *, build_step: StepBuilder = defaul
     ``read_buffers``: also list the buffers alive at XLA's peak (from its dumps; a few seconds).
     """
     mesh = build_mesh(config, topo_lib.devices(topology))
-    microbatches = config.train.microbatch_count(_batch_shards(dict(mesh.shape)))
+    microbatches = microbatch_count(config, mesh)
     step = build_step(config, mesh)
     result = Plan(config=config, topology=topology, mesh_shape=dict(mesh.shape),
                   hbm_bytes=topology.chip.hbm_bytes, hbm_fraction=hbm_fraction,
