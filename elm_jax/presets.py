@@ -27,15 +27,16 @@ class Preset(NamedTuple):
     activation_checkpointing: bool
     fsdp: bool
     # Sequences per device per microbatch ("auto" microbatches). CoreNet puts 16 on each 80 GB
-    # A100; the 270M, which keeps every activation (no checkpointing), would need about 21.5 GiB per
-    # chip for 16 by elm-plan's analytic floor, more than a 16 GiB v5e chip: 8, with twice the
-    # gradient accumulation for the same global batch.
+    # A100. The 270M keeps every activation (no checkpointing) and its documented slice is a v5e-8
+    # (16 GiB chips): at 8 per chip its compiled step needs 12.84 GiB of temporaries beside 3.04 GiB
+    # of state, over the 15.2 GiB elm-plan allows (docs/PLANNING.md): 4, with more gradient
+    # accumulation for the same global batch (cheaper than recomputing every layer).
     max_sequences_per_device: int = 16
 
 
 SIZES = {
     "270m": Preset(num_layers=16, model_dim=1280, head_dim=64, peak_lr=5.3e-3,
-                   activation_checkpointing=False, fsdp=False, max_sequences_per_device=8),
+                   activation_checkpointing=False, fsdp=False, max_sequences_per_device=4),
     "450m": Preset(num_layers=20, model_dim=1536, head_dim=64, peak_lr=3.9e-3,
                    activation_checkpointing=True, fsdp=False),
     "1_1b": Preset(num_layers=28, model_dim=2048, head_dim=64, peak_lr=2.4e-3,
