@@ -1,19 +1,20 @@
 """Where the memory goes: the buffers live at the peak of a compiled step, from XLA's own dumps.
 
 ``compile_with_buffers(lowered)`` compiles with ``xla_dump_to`` set to a temporary directory and reads
-two of the files XLA writes after buffer assignment: the live-range dump (the start and end, in the
-final schedule, of every value) and the optimised HLO, which gives each value's instruction its
-shape, layout (memory space) and the JAX ``op_name`` that made it. Values in an on-chip memory space
-(TPU VMEM, layouts ``S(1)`` and up) are left out: they do not take HBM. A sweep over the schedule
-finds the moment the remaining temporaries (every value but the entry computation's parameters)
-add up to most, and lists what is alive then, largest first. XLA's own "peak" in that dump counts
-all memory spaces together, which on a TPU can put it where HBM is not at its fullest.
+three of the files XLA writes: the buffer assignment (which allocation every value went to: an
+argument, an output, a constant or the temporary allocation, and in which memory space), the
+live-range dump (the start and end, in the final schedule, of every value) and the optimised HLO,
+which gives each value's instruction its opcode and the JAX ``op_name`` that made it. Only values
+XLA placed in a temporary allocation of HBM count as temporaries: a loop carry that XLA keeps in the
+output's buffer, or a value in TPU VMEM (memory space 1 and up), does not. A sweep over the schedule
+finds the moment those temporaries add up to most, and lists what is alive then, largest first;
+what XLA's temporary allocation holds beyond that is the packing's fragmentation. (XLA's own "peak"
+in the live-range dump counts arguments and every memory space together.)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -21,16 +22,13 @@ from pathlib import Path
 
 import jax
 
-# dtype names in HLO shapes -> bytes per element
-HLO_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4,
-                   "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16,
-                   "f8e4m3fn": 1, "f8e5m2": 1, "s4": 1, "u4": 1}
-
 _RANGES_HEADER = re.compile(r"^\s*BufferLiveRange:")
+_ALLOCATION = re.compile(r"^allocation \d+: size (\d+)(.*):$")
+_VALUE = re.compile(r"^\s*value: <\d+ ([^\s{]+)(\{[\d,]*\})?(?: \(phi\))? @\d+> "
+                    r"\(size=(\d+),offset=\d+\): (.*)$")
 _RANGE_LINE = re.compile(r"^\s+(\S+?)\{([\d,]*)\}:(\d+)-(\d+)$")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.+?) ([\w\-]+)\(")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .+? ([\w\-]+)\(")
 _OP_NAME = re.compile(r'op_name="((?:[^"\\]|\\.)*)"')
-_ARRAY = re.compile(r"([a-z0-9]+)\[([\d,]*)\](?:\{([^}]*)\})?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,14 +36,15 @@ class Buffer:
     """One HLO value alive at the peak."""
 
     instruction: str
-    bytes: int
+    bytes: int  # as XLA placed it (TPU tiles pad small dimensions)
     shape: str  # e.g. "bf16[16,2048,3072]"
     opcode: str
     op_name: str  # the JAX source of the value (jit path, or the argument's pytree path)
+    argument: bool = False  # in an argument's allocation (else in XLA's temporary allocation)
 
     @property
     def is_argument(self) -> bool:
-        return self.opcode == "parameter" and not self.op_name.startswith("jit(")
+        return self.argument
 
     def describe(self) -> str:
         """What this buffer is, in words (from its op_name and opcode)."""
@@ -58,6 +57,7 @@ class PeakBuffers:
 
     arguments: tuple[Buffer, ...]
     temporaries: tuple[Buffer, ...]
+    allocated_bytes: int = 0  # XLA's temporary allocations in HBM: the peak plus the packing's gaps
 
     @property
     def temporary_bytes(self) -> int:
@@ -122,65 +122,53 @@ def _scopes(path: str) -> Iterator[str]:
             yield part
 
 
-def _split_top_level(text: str) -> list[str]:
-    """``(a, (b, c), d)`` -> ``["a", "(b, c)", "d"]`` (the elements of a tuple shape)."""
-    text = text.strip()
-    if text.startswith("(") and text.endswith(")"):
-        text = text[1:-1]
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(text[start:i].strip())
-            start = i + 1
-    parts.append(text[start:].strip())
-    return [re.sub(r"/\*index=\d+\*/", "", p).strip() for p in parts if p]
-
-
-def _element(shape: str, index: str) -> str:
-    """The tuple element ``index`` ("0,1") of an HLO shape (the shape itself for "")."""
-    for i in filter(None, index.split(",")):
-        elements = _split_top_level(shape)
-        shape = elements[int(i)] if int(i) < len(elements) else shape
-    return shape
-
-
-def array_bytes(shape: str) -> int:
-    """Bytes of an HLO array shape such as ``bf16[16,2048]{1,0}`` (0 for tuples / tokens)."""
-    match = _ARRAY.match(shape.strip())
-    if not match or match.group(1) not in HLO_DTYPE_BYTES:
-        return 0
-    dims = [int(d) for d in match.group(2).split(",") if d]
-    return math.prod(dims) * HLO_DTYPE_BYTES[match.group(1)]
-
-
-def on_chip_memory(shape: str) -> bool:
-    """Whether the layout puts the array in a memory space other than HBM (``S(1)`` and up)."""
-    match = _ARRAY.match(shape.strip())
-    layout = (match.group(3) or "") if match else ""
-    space = re.search(r"S\((\d+)\)", layout)
-    return bool(space and space.group(1) != "0")
-
-
-def _instructions(hlo_lines: Iterable[str]) -> dict[str, tuple[str, str, str]]:
-    """instruction name -> (shape, opcode, op_name) over every computation of an HLO text dump."""
+def _instructions(hlo_lines: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """instruction name -> (opcode, op_name) over every computation of an HLO text dump."""
     table = {}
     for line in hlo_lines:
         match = _INSTRUCTION.match(line)
         if match:
             op = _OP_NAME.search(line)
-            table[match.group(1)] = (match.group(2), match.group(3),
-                                     op.group(1).replace("\\'", "'") if op else "")
+            table[match.group(1)] = (match.group(2), op.group(1).replace("\\'", "'") if op else "")
     return table
 
 
-def _live_ranges(live_range_text: str) -> Iterator[tuple[str, str, int, int]]:
-    """(instruction, tuple index, first, last schedule position) of every value in the dump."""
+def _allocation_kind(flags: str) -> str | None:
+    """What an allocation of XLA's buffer assignment holds, from its header's flags; None for one
+    outside HBM (another memory space) or private to a thread."""
+    color = re.search(r"\bcolor (\d+)", flags)
+    if (color and color.group(1) != "0") or "thread-local" in flags:
+        return None
+    if "parameter" in flags:
+        return "argument"  # a donated argument that the output reuses is still an argument
+    if "maybe-live-out" in flags or "output shape" in flags:
+        return "output"
+    return "constant" if "constant" in flags else "temporary"
+
+
+def placements(assignment_lines: Iterable[str]) -> tuple[dict[str, tuple[str, int, str]], int]:
+    """Every HBM value of a buffer-assignment dump, ``"name{index}" -> (kind, bytes, shape)``, and
+    the bytes of XLA's temporary allocations (its ``temp_size_in_bytes``)."""
+    values, temporary_bytes, kind = {}, 0, None
+    for line in assignment_lines:
+        line = line.rstrip("\n")
+        header = _ALLOCATION.match(line)
+        if header:
+            kind = _allocation_kind(header.group(2))
+            temporary_bytes += int(header.group(1)) if kind == "temporary" else 0
+            continue
+        value = _VALUE.match(line)
+        if value and kind:
+            values[value.group(1) + (value.group(2) or "{}")] = (kind, int(value.group(3)),
+                                                                 value.group(4).strip())
+    return values, temporary_bytes
+
+
+def _live_ranges(live_range_lines: Iterable[str]) -> Iterator[tuple[str, str, int, int]]:
+    """(instruction, "{tuple index}", first, last schedule position) of every value in the dump."""
     inside = False
-    for line in live_range_text.splitlines():
+    for line in live_range_lines:
+        line = line.rstrip("\n")
         if _RANGES_HEADER.match(line):
             inside = True
             continue
@@ -188,19 +176,22 @@ def _live_ranges(live_range_text: str) -> Iterator[tuple[str, str, int, int]]:
             match = _RANGE_LINE.match(line)
             if not match:
                 break
-            yield match.group(1), match.group(2), int(match.group(3)), int(match.group(4))
+            yield match.group(1), f"{{{match.group(2)}}}", int(match.group(3)), int(match.group(4))
 
 
-def peak_buffers(live_range_text: str, hlo_text: str) -> PeakBuffers:
-    """The HBM buffers alive when the temporaries peak, from XLA's live-range dump and the HLO."""
-    table = _instructions(hlo_text.splitlines())
+def peak_buffers(assignment: Iterable[str], live_ranges: Iterable[str],
+                 hlo: Iterable[str]) -> PeakBuffers:
+    """The HBM buffers alive when the temporaries peak, from the lines of XLA's buffer assignment,
+    live-range and HLO dumps (read line by line: a large model's dumps take hundreds of MB)."""
+    table = _instructions(hlo)
+    placed, allocated = placements(assignment)
     values = []
-    for name, index, first, last in _live_ranges(live_range_text):
-        shape, opcode, op_name = table.get(name, ("?", "?", ""))
-        element = _element(shape, index)
-        size = array_bytes(element)
-        if size and not on_chip_memory(element):
-            buffer = Buffer(name, size, re.sub(r"\{[^}]*\}$", "", element), opcode, op_name)
+    for name, index, first, last in _live_ranges(live_ranges):
+        kind, size, shape = placed.get(name + index, (None, 0, ""))
+        if kind in ("argument", "temporary") and size:
+            opcode, op_name = table.get(name, ("?", ""))
+            buffer = Buffer(name, size, re.sub(r"\{[^}]*\}$", "", shape), opcode, op_name,
+                            argument=kind == "argument")
             values.append((first, last, buffer))
     # sweep: +size at the first position, -size after the last; the peak of the temporaries
     events: dict[int, int] = {}
@@ -213,10 +204,11 @@ def peak_buffers(live_range_text: str, hlo_text: str) -> PeakBuffers:
         level += events[position]
         if level > best:
             best, when = level, position
-    alive = [b for first, last, b in values if first <= when <= last]
+    alive = [b for first, last, b in values if b.is_argument or first <= when <= last]
     key = lambda b: -b.bytes  # noqa: E731
     return PeakBuffers(tuple(sorted((b for b in alive if b.is_argument), key=key)),
-                       tuple(sorted((b for b in alive if not b.is_argument), key=key)))
+                       tuple(sorted((b for b in alive if not b.is_argument), key=key)),
+                       allocated_bytes=allocated)
 
 
 def read_dump(directory: Path) -> PeakBuffers | None:
@@ -227,9 +219,11 @@ def read_dump(directory: Path) -> PeakBuffers | None:
         return None
     live = ranges[-1]
     hlo = live.with_name(live.name.replace("-live-range.txt", ".txt"))
-    if not hlo.exists():
+    assignment = live.with_name(live.name.replace("-live-range.txt", "-buffer-assignment.txt"))
+    if not hlo.exists() or not assignment.exists():
         return None
-    return peak_buffers(live.read_text(), hlo.read_text())
+    with assignment.open() as a, live.open() as r, hlo.open() as h:
+        return peak_buffers(a, r, h)
 
 
 def compile_with_buffers(lowered: jax.stages.Lowered) -> tuple[jax.stages.Compiled,

@@ -54,6 +54,10 @@ def test_tiny_compiles_for_a_small_slice_and_fits():
     assert result.buffers.argument_bytes > 0 and result.buffers.temporaries
     assert "largest temporaries alive at XLA's peak" in text
     assert result.host_peak_bytes > 2 ** 28 and "peak host memory" in text
+    # XLA counts a loop body once: with 4 microbatches the report scales the loop's FLOPs by 4.
+    looped = plan_lib.report(dataclasses.replace(result, microbatches=4), mfu=0.5)
+    assert (f"compiled FLOPs per chip: {4 * result.compiled_flops:.4g} = XLA's "
+            f"{result.compiled_flops:.4g} for one microbatch x 4") in looped
     expected_seconds = model_per_chip * 4 / (4 * 197e12 * 0.5)
     assert result.step_seconds(0.5) == pytest.approx(expected_seconds)
 
