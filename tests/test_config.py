@@ -102,7 +102,7 @@ def test_auto_microbatches_are_the_fewest_that_fit_the_per_device_limit(batch, s
 
 
 @pytest.mark.parametrize("size,chips,expected", [
-    ("270m", 8, 32),   # v5e-8: 256 per chip, at most 8 (the 270M keeps every activation) -> 32 x 8
+    ("270m", 8, 64),   # v5e-8: 256 per chip, at most 4 (the 270M keeps every activation) -> 64 x 4
     ("3b", 16, 8),     # v5p-32: 128 per chip -> 8 x 16, the paper's 16 per device
 ])
 def test_presets_resolve_auto_microbatches_from_their_per_device_limit(size, chips, expected):
