@@ -148,7 +148,7 @@ def _allocation_kind(flags: str) -> str | None:
 
 def placements(assignment_lines: Iterable[str]) -> tuple[dict[str, tuple[str, int, str]], int]:
     """Every HBM value of a buffer-assignment dump, ``"name{index}" -> (kind, bytes, shape)``, and
-    the bytes of XLA's temporary allocations (its ``temp_size_in_bytes``)."""
+    the bytes of XLA's temporary allocations in HBM (XLA's ``temp_size_in_bytes`` may count more)."""
     values, temporary_bytes, kind = {}, 0, None
     for line in assignment_lines:
         line = line.rstrip("\n")
@@ -188,8 +188,10 @@ def peak_buffers(assignment: Iterable[str], live_ranges: Iterable[str],
     values = []
     for name, index, first, last in _live_ranges(live_ranges):
         kind, size, shape = placed.get(name + index, (None, 0, ""))
-        if kind in ("argument", "temporary") and size:
-            opcode, op_name = table.get(name, ("?", ""))
+        opcode, op_name = table.get(name, ("?", ""))
+        # a donated argument's buffer also holds the new value the step writes into it: only the
+        # parameter itself is the argument
+        if size and (kind == "temporary" or (kind == "argument" and opcode == "parameter")):
             buffer = Buffer(name, size, re.sub(r"\{[^}]*\}$", "", shape), opcode, op_name,
                             argument=kind == "argument")
             values.append((first, last, buffer))
