@@ -130,7 +130,8 @@ def rows_for_cell(size: str, slice_name: str, args: argparse.Namespace) -> list[
     try:
         first = plan_fn(config, topology)
     except HostMemoryExceeded as err:
-        return [{**base, "setup": "preset", "fits": f"not planned: {err}"}]
+        return [{**base, "setup": "preset", "fits": f"not planned: {err}",
+                 "host GiB": f"> {args.max_host_gib:g}"}]
     rows = [{**base, "setup": "preset", **cell(first, args.mfu)}]
     text = plan_lib.report(first, args.mfu)  # what elm-plan prints for this cell
     _save_report(args, size, slice_name, text)
@@ -140,7 +141,8 @@ def rows_for_cell(size: str, slice_name: str, args: argparse.Namespace) -> list[
         found = fit_lib.fit(first, plan_fn=plan_fn)
         trials = [t for t in found.tried if t is not first]
     except HostMemoryExceeded as err:
-        rows.append({**base, "setup": "search", "fits": f"not planned: {err}"})
+        rows.append({**base, "setup": "search", "fits": f"not planned: {err}",
+                     "host GiB": f"> {args.max_host_gib:g}"})
         return rows
     _save_report(args, size, slice_name, text + "\n" + fit_lib.fit_report(found))
     for trial in trials:
@@ -192,6 +194,22 @@ def markdown(rows: list[dict], args: argparse.Namespace, seconds: float, pending
     return "\n".join(lines)
 
 
+NOTES_MARK = "<!-- notes: kept when the table is regenerated -->"
+
+
+def kept_notes(path: Path) -> str:
+    """The hand-written notes of the existing table (from ``NOTES_MARK`` on), to carry over."""
+    text = path.read_text() if path.exists() else ""
+    return text[text.index(NOTES_MARK):] if NOTES_MARK in text else NOTES_MARK + "\n"
+
+
+def stopped_below(rows: list[dict], cap: float) -> bool:
+    """Whether a cell's compile was stopped at a host-RAM cap below ``cap`` (so --resume retries it)."""
+    limit = str(rows[-1].get("host GiB", ""))
+    return (str(rows[-1].get("fits", "")).startswith("not planned") and limit.startswith("> ")
+            and float(limit[2:]) < cap)
+
+
 def _not_planned(args: argparse.Namespace) -> list[str]:
     """A line naming the default cells this table leaves out (planned with ``--cells``)."""
     left = [c for c in CELLS if c not in args.cells.split(",")]
@@ -216,7 +234,8 @@ def main() -> None:
     p.add_argument("--reports", default="",
                    help="directory for each cell's elm-plan report (memory account, buffers)")
     p.add_argument("--resume", action="store_true",
-                   help="keep the cells already in the rows file next to --out")
+                   help="keep the cells already in the rows file next to --out (but those stopped "
+                        "at a lower --max-host-gib)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # child mode: a pickled (config, topology)
     p.add_argument("--answer", help=argparse.SUPPRESS)  # with --one: where the pickled plan goes
     args = p.parse_args()
@@ -233,7 +252,7 @@ def main() -> None:
     start = time.perf_counter()
     for count, (size, name) in enumerate(cells, 1):
         key = f"{size}:{name}"
-        if key not in done_cells:
+        if key not in done_cells or stopped_below(done_cells[key], args.max_host_gib):
             began = time.perf_counter()
             print(f"[{count}/{len(cells)}] {key} ...", flush=True)
             done_cells[key] = rows_for_cell(size, name, args)
@@ -242,7 +261,7 @@ def main() -> None:
         rows = [r for c in cells if f"{c[0]}:{c[1]}" in done_cells for r in done_cells[f"{c[0]}:{c[1]}"]]
         pending = sum(f"{c[0]}:{c[1]}" not in done_cells for c in cells)
         text = markdown(rows, args, time.perf_counter() - start, pending)
-        write_atomic(Path(args.out), text)
+        write_atomic(Path(args.out), text + "\n" + kept_notes(Path(args.out)))
     print(text)
 
 

@@ -21,6 +21,7 @@ from elm_jax.cli import common
 from elm_jax.config import Config
 from elm_jax.errors import UsageError
 from elm_jax.finetune.plan import finetune_step_builder
+from elm_jax.train import compile_host
 from elm_jax.train import plan as plan_lib
 from elm_jax.train import topology as topo_lib
 
@@ -80,6 +81,9 @@ def _main(argv: list[str]) -> None:
     extra = {}
     if config.finetune.base:  # a fine-tuning config: its own state (frozen base, small optimizer)
         config, extra["build_step"] = finetune_step_builder(config)
+    warning = compile_host.host_memory_warning(config, compile_host.available_host_bytes())
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     fits, text = plan_and_report(config, TOPOLOGY.value, slices=SLICES.value, mfu=MFU.value,
                                  hbm_fraction=HBM_FRACTION.value, batch_search=BATCH_SEARCH.value,
                                  batch_limit=BATCH_LIMIT.value, verify=VERIFY.value,
