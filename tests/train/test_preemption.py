@@ -119,11 +119,21 @@ print("not aborted", flush=True)
 """
 
 
-def test_ctrl_c_is_noted_like_sigterm_and_a_second_one_aborts_at_once():
+def run_from_a_terminal(script: str) -> subprocess.CompletedProcess:
+    """``script`` in a fresh Python whose Ctrl-C is Python's own handler, as started from a shell.
+
+    A child inherits an ignored SIGINT (a pytest-xdist worker may ignore it), and Python then
+    leaves it ignored: the test would see SIG_IGN restored instead of ``default_int_handler``.
+    """
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {
         "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", SECOND_SIGNAL], capture_output=True, text=True,
-                         env=env, cwd=ROOT, timeout=60)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def test_ctrl_c_is_noted_like_sigterm_and_a_second_one_aborts_at_once():
+    out = run_from_a_terminal(SECOND_SIGNAL)
     assert out.returncode == -signal.SIGINT, out.stderr[-3000:]
     assert out.stdout == "requested True\n"
     assert out.stderr.strip() == "SIGINT again: aborting without saving"
@@ -146,9 +156,6 @@ print("sigint restored", signal.getsignal(signal.SIGINT) is signal.default_int_h
 
 def test_ctrl_c_on_several_processes_reaches_jax_as_sigterm():
     """jax's preemption sync (which stops every process at one step) listens to SIGTERM only."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {
-        "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", CTRL_C_ON_SEVERAL_PROCESSES], capture_output=True,
-                         text=True, env=env, cwd=ROOT, timeout=60)
+    out = run_from_a_terminal(CTRL_C_ON_SEVERAL_PROCESSES)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout == "requested True sigterm True\nsigint restored True\n"
