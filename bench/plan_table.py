@@ -10,13 +10,15 @@ preset's remat and mesh); when that does not fit, the planner's search for micro
 policy (``elm_jax.train.fit``), one row per compile it makes. Every compile runs in a child process
 killed past ``--max-host-gib`` of resident memory (this machine is shared); its peak is recorded.
 Compiles of the larger models take minutes each on a small machine: the table is rewritten after
-every cell, so an interrupted run keeps what it finished (``--resume``).
+every cell, so an interrupted run keeps what it finished (``--resume``); ``--cache DIR`` keeps every
+finished compile, so a rerun repeats none.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import pickle
@@ -53,8 +55,6 @@ def _gib(value: int | None, digits: int = 2) -> str:
 
 def cell(result: plan_lib.Plan, mfu: float) -> dict[str, str]:
     peak = result.peak_bytes / GIB
-    how = "compiled" if result.compiled else ("XLA: out of HBM" if result.compiler_error
-                                               else "state alone exceeds HBM")
     bound = result.bound
     return {
         "mesh": "x".join(str(result.mesh_shape[a]) for a in ("data", "fsdp", "tensor")),
@@ -67,7 +67,7 @@ def cell(result: plan_lib.Plan, mfu: float) -> dict[str, str]:
         "XLA / floor": "-" if result.temp_ratio is None else f"{result.temp_ratio:.2f}",
         "total GiB": f"{peak:.2f}" if result.compiled else f">= {peak:.2f}",
         "HBM GiB": f"{result.hbm_bytes / GIB:.0f}",
-        "fits": "yes" if result.fits else f"no ({how})",
+        "fits": "yes" if result.fits else f"no ({result.not_compiled_because or 'compiled'})",
         f"s/step @{mfu:.0%}": f"{result.step_seconds(mfu):.2f}",
         "compile s": "-" if result.compile_seconds is None else f"{result.compile_seconds:.0f}",
         "host GiB": _gib(result.host_peak_bytes, 1),
@@ -78,9 +78,13 @@ def plan_in_child(config: plan_lib.Config, topology: topo_lib.Topology,
                   args: argparse.Namespace, **plan_kwargs) -> plan_lib.Plan:
     """``plan_lib.plan`` in a child process, killed when its resident memory passes
     ``--max-host-gib`` (compiling the larger models takes many GiB, and this machine is shared)."""
+    job_bytes = pickle.dumps((config, topology, plan_kwargs))
+    cached = Path(args.cache) / f"{hashlib.sha256(job_bytes).hexdigest()[:24]}.pkl" if args.cache else None
+    if cached is not None and cached.exists():
+        return pickle.loads(cached.read_bytes())
     with tempfile.TemporaryDirectory(prefix="plan_table_") as tmp:
         job, answer = Path(tmp) / "job.pkl", Path(tmp) / "plan.pkl"
-        job.write_bytes(pickle.dumps((config, topology, plan_kwargs)))
+        job.write_bytes(job_bytes)
         # TMPDIR: XLA's dumps (elm_jax.train.buffers) go under tmp, removed even if the child is killed
         child = subprocess.Popen([sys.executable, __file__, "--one", str(job), "--answer",
                                   str(answer)], env={**os.environ, "TMPDIR": tmp})
@@ -98,6 +102,8 @@ def plan_in_child(config: plan_lib.Config, topology: topo_lib.Topology,
             time.sleep(1)
         if child.returncode or not answer.exists():
             raise SystemExit(f"planning {config.name} on {topology} failed (exit {child.returncode})")
+        if cached is not None:
+            write_atomic(cached, answer.read_bytes())
         return pickle.loads(answer.read_bytes())
 
 
@@ -216,11 +222,11 @@ def _not_planned(args: argparse.Namespace) -> list[str]:
     return [f"Default cells not planned in this run: {', '.join(left)}."] if left else []
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """A half-written table never replaces a finished one."""
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """A half-written table (or cached plan) never replaces a finished one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
     tmp.replace(path)
 
 
@@ -233,6 +239,9 @@ def main() -> None:
                    help="stop a cell whose compile needs more host RAM than this")
     p.add_argument("--reports", default="",
                    help="directory for each cell's elm-plan report (memory account, buffers)")
+    p.add_argument("--cache", default="",
+                   help="directory keeping every finished compile's plan, so a rerun (or a cell "
+                        "interrupted in its search) repeats none of them")
     p.add_argument("--resume", action="store_true",
                    help="keep the cells already in the rows file next to --out (but those stopped "
                         "at a lower --max-host-gib)")

@@ -2,9 +2,14 @@
 
 Starting from a plan that does not fit: shard the state over the whole slice when the state alone
 needs it (the planner's FSDP suggestion), then look for the fewest microbatches that fit, first
-under the configured remat policy and then under full remat. Temporaries shrink with the sequences
-per microbatch, so the search bisects the microbatch counts that divide the per-chip batch: a few
-compiles instead of one per count. The global batch never changes.
+under the configured remat policy and then under full remat. The global batch never changes.
+
+Each compile of a large model takes many minutes, so the analytic floor (seconds, no compile)
+steers the search: the first compile is the count predicted to fit, the floor scaled by how far
+the first compile's temporaries were from their floor (the floor is an account, not a strict bound,
+so no count is skipped on its word). From there the search steps one count at a time toward the
+fewest that fits: usually one compile to confirm the prediction and one to show the count below it
+does not fit (or none, when that is the plan it started from).
 """
 
 from __future__ import annotations
@@ -45,32 +50,43 @@ def _mesh_fix(first: plan_lib.Plan) -> tuple[Override, ...]:
     return ()
 
 
-def _smallest_fitting(counts: list[int], attempt: Callable[[int], plan_lib.Plan]) -> int | None:
-    """Index of the first count whose plan fits, assuming fitting is monotone in the count."""
-    if attempt(counts[0]).fits:
-        return 0
-    if len(counts) == 1 or not attempt(counts[-1]).fits:
-        return None
-    bad, good = 0, len(counts) - 1
-    while good - bad > 1:
-        middle = (bad + good) // 2
-        if attempt(counts[middle]).fits:
-            good = middle
+
+
+def _predicted_to_fit(trial: plan_lib.Plan, ratio: float) -> bool:
+    """Whether the step fits if XLA's temporaries are ``ratio`` times the floor's."""
+    if trial.bound is None:
+        return True  # nothing to predict with: compile it
+    return trial.state_bytes + trial.batch_bytes + ratio * trial.bound.temp_bytes <= trial.budget_bytes
+
+
+def _smallest_fitting(attempts: list[Callable[[], plan_lib.Plan]], guess: int) -> int | None:
+    """Index of the first attempt that fits, assuming fitting is monotone along the list.
+
+    The walk starts at ``guess`` and steps up after a miss, down after a fit, until a fit sits right
+    above a miss (or the first attempt fits, or the last does not).
+    """
+    bad, good = -1, None
+    probe = guess
+    while bad + 1 < len(attempts) and (good is None or good - bad > 1):
+        if attempts[probe]().fits:
+            good, probe = probe, probe - 1
         else:
-            bad = middle
+            bad, probe = probe, probe + 1
     return good
 
 
 def fit(first: plan_lib.Plan, *, plan_fn: Callable[..., plan_lib.Plan] | None = None,
-        **plan_kwargs: Any) -> FitResult:
+        estimate_fn: Callable[..., plan_lib.Plan] | None = None, **plan_kwargs: Any) -> FitResult:
     """Search microbatches and remat policy (and FSDP if the state needs it) from ``first``.
 
     ``plan_fn(config, topology, **plan_kwargs)`` makes each plan (default ``plan_lib.plan``; the
-    plan table passes one that compiles in a child process).
+    plan table passes one that compiles in a child process); ``estimate_fn`` (default
+    ``plan_lib.estimate``) gives the same plan's floor without compiling.
     """
     plan_fn = plan_fn or plan_lib.plan
+    estimate_fn = estimate_fn or plan_lib.estimate
     base = _mesh_fix(first)
-    if not base and not first.compiled and first.compiler_error is None:
+    if not base and first.state_bytes + first.batch_bytes > first.budget_bytes:
         return FitResult(None, (), ())  # the state alone exceeds HBM: no batch split helps
     try:
         config = plan_lib.with_overrides(first.config, base)
@@ -83,6 +99,7 @@ def fit(first: plan_lib.Plan, *, plan_fn: Callable[..., plan_lib.Plan] | None = 
     per_chip = config.train.batch_size // shards
     start = config.train.microbatch_count(shards)
     policies = [config.model.remat_policy] + (["full"] if config.model.remat_policy != "full" else [])
+    ratio = first.temp_ratio or 1.0  # XLA's temporaries over the floor, where the first compile says
     tried: dict[tuple, plan_lib.Plan] = {}
 
     def overrides_for(policy: str, count: int) -> tuple[Override, ...]:
@@ -102,7 +119,10 @@ def fit(first: plan_lib.Plan, *, plan_fn: Callable[..., plan_lib.Plan] | None = 
 
     for policy in policies:
         counts = microbatch_counts(per_chip, start)
-        index = _smallest_fitting(counts, lambda c, p=policy: attempt(p, c))
+        floors = [estimate_fn(plan_lib.with_overrides(first.config, overrides_for(policy, c)),
+                              first.topology, **plan_kwargs) for c in counts]
+        guess = next((i for i, f in enumerate(floors) if _predicted_to_fit(f, ratio)), len(counts) - 1)
+        index = _smallest_fitting([lambda c=c, p=policy: attempt(p, c) for c in counts], guess)
         if index is not None:
             count = counts[index]
             return FitResult(tried[(policy, count)], overrides_for(policy, count),

@@ -117,6 +117,15 @@ class Plan:
                 + self.code_bytes)
 
     @property
+    def not_compiled_because(self) -> str | None:
+        """Why no compile was made or finished (None once one has been)."""
+        if self.compiled:
+            return None
+        if self.compiler_error:
+            return "XLA ran out of HBM"
+        return "the state alone exceeds the chip's HBM"
+
+    @property
     def budget_bytes(self) -> int:
         return int(self.hbm_bytes * self.hbm_fraction)
 
@@ -205,14 +214,10 @@ def _bound(config: Config, mesh: jax.sharding.Mesh, step: Step,
                                    microbatches, attention_impl(config))
 
 
-def plan(config: Config, topology: Topology, *, build_step: StepBuilder = default_step_builder,
-         build_mesh: Callable[[Config, Sequence[Any]], jax.sharding.Mesh] = default_mesh_builder,
-         hbm_fraction: float = DEFAULT_HBM_FRACTION, precheck: bool = True,
-         read_buffers: bool = True) -> Plan:
-    """Compile ``config``'s train step for ``topology`` and report whether it fits one chip's HBM.
-
-    ``read_buffers``: also list the buffers alive at XLA's peak (from its dumps; a few seconds).
-    """
+def _account(config: Config, topology: Topology, build_step: StepBuilder,
+             build_mesh: Callable[[Config, Sequence[Any]], jax.sharding.Mesh],
+             hbm_fraction: float) -> tuple[Plan, Step]:
+    """The plan before any compile (shardings, state, the analytic floor) and the step to compile."""
     mesh = build_mesh(config, topo_lib.devices(topology))
     microbatches = microbatch_count(config, mesh)
     step = build_step(config, mesh)
@@ -224,6 +229,28 @@ def plan(config: Config, topology: Topology, *, build_step: StepBuilder = defaul
                   trainable=sum(math.prod(x.shape) for x in jax.tree.leaves(
                       getattr(step.state_shapes, "params", ()))),
                   microbatches=microbatches, bound=_bound(config, mesh, step, microbatches))
+    return result, step
+
+
+def estimate(config: Config, topology: Topology, *, build_step: StepBuilder = default_step_builder,
+             build_mesh: Callable[[Config, Sequence[Any]], jax.sharding.Mesh] = default_mesh_builder,
+             hbm_fraction: float = DEFAULT_HBM_FRACTION, **_compile_options: Any) -> Plan:
+    """``plan`` without the compile (seconds, not minutes): state per chip and the analytic floor.
+
+    Takes (and ignores) ``plan``'s compile options, so a search can pass one set of arguments to both.
+    """
+    return _account(config, topology, build_step, build_mesh, hbm_fraction)[0]
+
+
+def plan(config: Config, topology: Topology, *, build_step: StepBuilder = default_step_builder,
+         build_mesh: Callable[[Config, Sequence[Any]], jax.sharding.Mesh] = default_mesh_builder,
+         hbm_fraction: float = DEFAULT_HBM_FRACTION, precheck: bool = True,
+         read_buffers: bool = True) -> Plan:
+    """Compile ``config``'s train step for ``topology`` and report whether it fits one chip's HBM.
+
+    ``read_buffers``: also list the buffers alive at XLA's peak (from its dumps; a few seconds).
+    """
+    result, step = _account(config, topology, build_step, build_mesh, hbm_fraction)
     # When the state alone is over budget the compile cannot succeed: skip it (minutes, for 3B).
     if not precheck or result.state_bytes + result.batch_bytes <= result.budget_bytes:
         result = _compile(result, step, read_buffers)
@@ -477,7 +504,7 @@ def report(result: Plan, mfu: float) -> str:
     if result.compiler_error:
         lines.append(f"  XLA: {result.compiler_error}")
     elif not result.compiled:
-        lines.append("  (not compiled: the state alone exceeds the chip's HBM)")
+        lines.append(f"  (not compiled: {result.not_compiled_because})")
     lines += memory_account(result)
     model_per_chip = result.model_flops / topology.chips
     lines.append(f"model FLOPs per step: {result.model_flops:.4g} ({model_per_chip:.4g} per chip)")

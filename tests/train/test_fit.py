@@ -7,20 +7,23 @@ import pytest
 
 from elm_jax.config import default_config, from_config_dict
 from elm_jax.train import fit as fit_lib
+from elm_jax.train import memory as memory_lib
 from elm_jax.train import plan as plan_lib
 from elm_jax.train import topology
 from elm_jax.train.topology import GIB
 
 
 def fake_planner(monkeypatch, fits):
-    """Replace the compile with ``fits(rows per chip per microbatch, remat policy)``."""
+    """Replace the compile with ``fits(rows per chip per microbatch, remat policy)``; the stand-in
+    has no analytic floor, so the search is not steered."""
     seen = []
 
-    def fake_plan(config, topo, **kwargs):
+    def fake_plan(config, topo, record=True, **kwargs):
         shards = 4
         micro = config.train.microbatch_count(shards)
         rows = config.train.batch_size // shards // micro
-        seen.append((micro, config.model.remat_policy))
+        if record:
+            seen.append((micro, config.model.remat_policy))
         ok = fits(rows, config.model.remat_policy)
         return plan_lib.Plan(config=config, topology=topo,
                              mesh_shape={"data": 4, "fsdp": 1, "tensor": 1}, hbm_bytes=GIB,
@@ -29,7 +32,39 @@ def fake_planner(monkeypatch, fits):
                              temp_bytes=GIB // 2 if ok else 2 * GIB)
 
     monkeypatch.setattr(plan_lib, "plan", fake_plan)
+    monkeypatch.setattr(plan_lib, "estimate", lambda config, topo, **kwargs: dataclasses.replace(
+        fake_plan(config, topo, record=False), argument_bytes=None, temp_bytes=None))
     return seen
+
+
+MIB = 2 ** 20
+
+
+def floored_planner(monkeypatch, floor_per_row: int, xla_over_floor: float = 2.0):
+    """A stand-in whose analytic floor is ``floor_per_row`` bytes per sequence and whose "XLA"
+    needs ``xla_over_floor`` times that, against 1 GiB of HBM; records the counts it compiles."""
+    compiled = []
+
+    def account(config):
+        micro = config.train.microbatch_count(4)
+        rows = config.train.batch_size // 4 // micro
+        bound = memory_lib.MemoryBound(held=(), temporaries=(
+            memory_lib.Term("activations", rows * floor_per_row, "per row"),))
+        return plan_lib.Plan(config=config, topology=topology.parse("v5e-4"),
+                             mesh_shape={"data": 4, "fsdp": 1, "tensor": 1}, hbm_bytes=GIB,
+                             hbm_fraction=1.0, state_bytes=0, batch_bytes=0, microbatches=micro,
+                             bound=bound)
+
+    def fake_plan(config, topo, **kwargs):
+        result = account(config)
+        compiled.append(result.microbatches)
+        return dataclasses.replace(result, argument_bytes=0, output_bytes=0, alias_bytes=0,
+                                   code_bytes=0,
+                                   temp_bytes=int(xla_over_floor * result.bound.temp_bytes))
+
+    monkeypatch.setattr(plan_lib, "plan", fake_plan)
+    monkeypatch.setattr(plan_lib, "estimate", lambda config, topo, **kwargs: account(config))
+    return compiled
 
 
 def config(policy="none", batch=256):
@@ -78,3 +113,40 @@ def test_a_config_that_fits_is_left_alone(monkeypatch):
     first = plan_lib.plan(config(), topology.parse("v5e-4"))
     result = fit_lib.fit(dataclasses.replace(first))
     assert result.overrides == (("train.microbatches", 4),) and len(seen) == 1
+
+
+def test_the_floor_steers_the_search_to_the_predicted_count(monkeypatch):
+    # 64 per chip, counts 4 8 16 32 64 = 16 8 4 2 1 rows; XLA needs 2x the floor of 100 MiB a row:
+    # 4 rows (800 MiB) is the first to fit in 1 GiB. The first compile (16 rows) gives the ratio 2,
+    # so the search compiles 16 microbatches first, then 8 to show it does not fit, and no other.
+    compiled = floored_planner(monkeypatch, 100 * MIB)
+    first = plan_lib.plan(config(), topology.parse("v5e-4"))
+    assert not first.fits and first.temp_ratio == pytest.approx(2.0)
+    result = fit_lib.fit(first)
+    assert result.overrides == (("train.microbatches", 16),)
+    assert compiled == [4, 16, 8]
+
+
+def test_a_prediction_too_cautious_walks_down(monkeypatch):
+    # XLA's refusal of the first compile names 4x the floor, but smaller microbatches need only 2x:
+    # the prediction (32 microbatches of 2 rows) fits, and so do 16 of 4 rows; 8 of 8 rows
+    # (1600 MiB) does not. The walk goes down until a fit sits above a miss.
+    compiled = floored_planner(monkeypatch, 100 * MIB)
+    first = plan_lib.plan(config(), topology.parse("v5e-4"))
+    first = dataclasses.replace(first, argument_bytes=None, temp_bytes=4 * first.bound.temp_bytes,
+                                compiler_error="RESOURCE_EXHAUSTED")
+    result = fit_lib.fit(first)
+    assert result.overrides == (("train.microbatches", 16),)
+    assert compiled == [4, 32, 16, 8]
+
+
+def test_a_prediction_too_hopeful_walks_up(monkeypatch):
+    # The first compile is refused with no temporaries named, so the ratio is unknown and taken as
+    # 1: the floor predicts 8 microbatches (8 rows, 800 MiB); XLA needs 3x, so the walk goes up to
+    # 32 (2 rows, 600 MiB). Fitting is monotone: the answer is the smallest count that fits.
+    compiled = floored_planner(monkeypatch, 100 * MIB, xla_over_floor=3.0)
+    first = dataclasses.replace(plan_lib.plan(config(), topology.parse("v5e-4")), temp_bytes=None,
+                                argument_bytes=None, compiler_error="RESOURCE_EXHAUSTED")
+    result = fit_lib.fit(first)
+    assert result.overrides == (("train.microbatches", 32),)
+    assert compiled == [4, 8, 16, 32]

@@ -51,6 +51,10 @@ def test_tiny_compiles_for_a_small_slice_and_fits():
     assert result.bound.held_bytes == pytest.approx(result.state_bytes + result.batch_bytes, abs=64)
     assert "memory floor per chip" in text and "XLA temporaries / floor temporaries" in text
     assert result.temp_ratio == result.temp_bytes / result.bound.temp_bytes
+    # the same account without the compile (what elm-plan's search steers by)
+    estimate = plan_lib.estimate(config, topology.parse("v5e-4"))
+    assert not estimate.compiled and estimate.bound == result.bound
+    assert estimate.state_bytes == result.state_bytes
     assert result.buffers.temporaries
     # the donated state's buffers also hold the new state: only the parameters count once
     assert result.buffers.argument_bytes == pytest.approx(result.argument_bytes, rel=1e-3)
@@ -163,3 +167,4 @@ def test_batch_search_bisects_to_the_largest_fitting_batch(monkeypatch):
     config2 = dataclasses.replace(config, train=dataclasses.replace(config.train, microbatches=4))
     best, _, _ = plan_lib.largest_batch(config2, topology.parse("v5e-4"))
     assert best == 36  # multiples of the microbatch count only
+
