@@ -3,9 +3,11 @@
 Every OpenELM layer has its own shapes, so the train step cannot loop over the layers: XLA compiles
 each layer's forward, recompute and backward on its own (about 26 MiB of TPU code per 450M layer),
 and libtpu's compile holds host memory in proportion to the layer count. It does not grow with the
-slice, the batch, the microbatch loop or the attention implementation (measured with
+batch, the microbatch loop or the attention implementation (measured with
 ``bench/compile_memory.py``; the figures are in docs/PLANNING.md). The line below fits the presets
-compiled there: 270M 7.1 GiB, 450M 10.0-10.3 GiB, 1.1B 14.2 GiB, 3B 18.6 GiB.
+compiled there: 270M 7.1 GiB, 450M 10.0-10.3 GiB, 1.1B 14.2 GiB, 3B 18.6 GiB (v5p-32). The slice
+moves it too at the 3B's size (15.4 GiB for v5e-32, more than 21.5 for v5p-128), which this line
+does not model: for the largest slices it is a low estimate.
 """
 
 from __future__ import annotations
