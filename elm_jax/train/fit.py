@@ -50,8 +50,6 @@ def _mesh_fix(first: plan_lib.Plan) -> tuple[Override, ...]:
     return ()
 
 
-
-
 def _predicted_to_fit(trial: plan_lib.Plan, ratio: float) -> bool:
     """Whether the step fits if XLA's temporaries are ``ratio`` times the floor's."""
     if trial.bound is None:

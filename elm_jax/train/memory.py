@@ -1,6 +1,6 @@
 """How much memory one device needs for a train step, from the config and shardings alone.
 
-``memory_bound`` adds up what any implementation of the step must hold at its peak: the parameters
+``memory_bound`` adds up what the step holds at its peak if it keeps what it lays out: the parameters
 and optimizer state (as sharded), one set of float32 gradients, the activations the remat policy
 keeps for the backward pass, and the larger of two working sets (the loss: one chunk of float32
 logits and their gradient; the backward of the largest layer: its recomputed activations, the
@@ -8,7 +8,7 @@ gradients of its FFN or attention and, under FSDP, its gathered weights). It is 
 XLA's temporaries against (``elm-plan`` prints the ratio), so a step that needs far more than its
 floor shows where to look; not a strict lower bound of XLA's "temporaries": XLA may keep less
 where it recomputes elementwise results inside its fusions or writes a result into an output
-buffer (the tiny step on v5e-1, remat ``none``, has 0.83x this floor; the paper sizes 1.3-1.9x).
+buffer (the tiny step on v5e-1, remat ``none``, has 0.83x this floor; the paper sizes 1.1-1.9x).
 
 Per token and layer, with d the model width, q / kv the query / key-value widths (heads x head_dim)
 and f the FFN width, each divided by the tensor axis when it shards them, the activations kept are

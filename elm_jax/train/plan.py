@@ -449,7 +449,7 @@ def memory_account(result: Plan, top: int = 10) -> list[str]:
     lines: list[str] = []
     bound = result.bound
     if bound is not None:
-        lines.append("memory floor per chip (analytic: what any implementation must hold):")
+        lines.append("memory floor per chip (analytic: what the step holds at least, as it is laid out):")
         for term in (*bound.held, *bound.temporaries):
             lines.append(f"  {term.name:<37}{_gib(term.bytes)}   ({term.how})")
         lines.append(f"  {'floor total':<37}{_gib(bound.total_bytes)}   (temporaries "
