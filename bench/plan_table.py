@@ -8,7 +8,8 @@ no other flag: one ahead-of-time compile of the real train step (libtpu on this 
 recipe as the preset ships it (global batch 2048 x 2048 tokens, ``train.microbatches=auto``, the
 preset's remat and mesh); when that does not fit, the planner's search for microbatches and remat
 policy (``elm_jax.train.fit``), one row per compile it makes. Every compile runs in a child process
-killed past ``--max-host-gib`` of resident memory (this machine is shared); its peak is recorded.
+killed past ``--max-host-gib`` of host memory, resident or swapped out (this machine is shared);
+its peak is recorded.
 Compiles of the larger models take minutes each on a small machine: the table is rewritten after
 every cell, so an interrupted run keeps what it finished (``--resume``); ``--cache DIR`` keeps every
 finished compile, so a rerun repeats none.
@@ -17,6 +18,7 @@ finished compile, so a rerun repeats none.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -90,11 +92,7 @@ def plan_in_child(config: plan_lib.Config, topology: topo_lib.Topology,
                                   str(answer)], env={**os.environ, "TMPDIR": tmp})
         peak = 0.0
         while child.poll() is None:
-            try:
-                status = Path(f"/proc/{child.pid}/status").read_text()
-                peak = max(peak, int(status.split("VmRSS:")[1].split()[0]) / 2 ** 20)
-            except (OSError, IndexError):
-                pass
+            peak = max(peak, held_gib(child.pid))
             if peak > args.max_host_gib:
                 child.kill()
                 child.wait()
@@ -102,9 +100,24 @@ def plan_in_child(config: plan_lib.Config, topology: topo_lib.Topology,
             time.sleep(1)
         if child.returncode or not answer.exists():
             raise SystemExit(f"planning {config.name} on {topology} failed (exit {child.returncode})")
+        result = pickle.loads(answer.read_bytes())
+        # ru_maxrss counts resident pages only: on a host with swap the compile can hold more
+        result = dataclasses.replace(result, host_peak_bytes=max(result.host_peak_bytes or 0,
+                                                                 int(peak * GIB)))
         if cached is not None:
-            write_atomic(cached, answer.read_bytes())
-        return pickle.loads(answer.read_bytes())
+            write_atomic(cached, pickle.dumps(result))
+        return result
+
+
+def held_gib(pid: int) -> float:
+    """What process ``pid`` holds now, resident or swapped out, in GiB (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    kib = sum(int(fields[name].split()[0]) for name in ("VmRSS", "VmSwap") if name in fields)
+    return kib / 2 ** 20
 
 
 def _setup(result: plan_lib.Plan, first: plan_lib.Plan) -> str:

@@ -256,9 +256,11 @@ def dkv_step(dk: jax.Array, dv: jax.Array, q: jax.Array, k: jax.Array, v: jax.Ar
 class Kernels(NamedTuple):
     """One backend's three pallas_calls, all on padded ``[batch, seq, heads, head_dim]`` arrays.
 
-    ``forward(q, k, v, seg, cfg) -> (out, lse)`` with lse ``[batch, q_heads, seq, 1]`` float32;
-    ``dq(q, k, v, seg, do, lse, delta, cfg) -> dq``; ``dkv(...same...) -> (dk, dv)``;
-    ``delta`` has lse's shape. ``seg`` is int32 ``[batch, seq]`` or None.
+    ``forward(q, k, v, seg, cfg) -> (out, lse)`` with the float32 log-sum-exp of each query row
+    in the backend's layout (``[batch, q_heads, seq, 1]`` on GPU, ``[batch, q_heads, 1, seq]`` on
+    TPU, whose tiling would pad a trailing 1 to 128 lanes); ``dq(q, k, v, seg, do, lse, delta,
+    cfg) -> dq``; ``dkv(...same...) -> (dk, dv)``; ``delta`` comes in lse's shape. ``seg`` is
+    int32 ``[batch, seq]`` or None.
     """
 
     forward: Callable
@@ -280,7 +282,7 @@ def _flash_bwd(cfg, kernels, residuals, d_out):
     q, k, v, segment_ids, out, lse = residuals
     d_out = d_out.astype(q.dtype)
     delta = jnp.einsum("bshd,bshd->bhs", out.astype(jnp.float32), d_out.astype(jnp.float32))
-    delta = delta[..., None]
+    delta = delta.reshape(lse.shape)  # the backend's layout of per-row statistics
     dq = kernels.dq(q, k, v, segment_ids, d_out, lse, delta, cfg)
     dk, dv = kernels.dkv(q, k, v, segment_ids, d_out, lse, delta, cfg)
     return dq, dk, dv, None

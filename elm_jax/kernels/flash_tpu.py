@@ -2,7 +2,10 @@
 
 Mosaic tiles the last two dimensions of every block onto (sublane, lane) registers, so the kernels
 work on ``[batch, heads, seq, head_dim]`` (q, k, v are transposed on the way in, the outputs on
-the way out) and keep per-row statistics as ``[seq, 1]`` columns or ``[1, seq]`` rows. Each
+the way out). The per-row softmax statistics (log-sum-exp, ``delta``) live in HBM as ``[1, seq]``
+rows: as ``[seq, 1]`` columns TPU tiling pads each float to 128 lanes, 128x their size, and XLA
+keeps them from the forward to the backward. The kernels transpose a block of 512 on the way in or
+out, where they need a column. Each
 program owns one output tile and reduces over the last grid axis ("arbitrary" semantics) into
 VMEM scratch; Pallas double-buffers the HBM->VMEM copies of the tiles the index maps select.
 
@@ -68,7 +71,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, *refs, cfg: fc.FlashConfig):
     def _finish():
         out, lse = fc.finish_softmax(fc.SoftmaxState(m_ref[...], l_ref[...], acc_ref[...]))
         o_ref[...] = out.astype(o_ref.dtype)
-        lse_ref[...] = lse
+        lse_ref[...] = lse.T  # the column to its [1, block_q] row
 
 
 def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: fc.FlashConfig):
@@ -86,7 +89,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: fc.F
             segs = (None, None) if q_seg_ref is None else (q_seg_ref[...], kv_seg_ref[...])
             mask = fc.score_mask(i * bq, j * bk, (bq, bk), cfg, *segs)
         acc_ref[...] = fc.dq_step(acc_ref[...], q_ref[...], k_ref[...], v_ref[...], do_ref[...],
-                                  lse_ref[...], delta_ref[...], cfg.scale2, mask)
+                                  lse_ref[...].T, delta_ref[...].T, cfg.scale2, mask)
 
     full_end, end = fc.kv_block_bounds(i, cfg, bq, bk)
     _run_blocks(visit, j < full_end, j >= full_end, j < end)
@@ -131,10 +134,11 @@ def _to_heads_major(*xs: jax.Array) -> list[jax.Array]:
 
 
 def _check_tiles(cfg: fc.FlashConfig) -> None:
-    """Mosaic needs lane-dim tiles (row statistics, key-side segment ids) of 128k or the whole seq."""
+    """Mosaic needs lane-dim tiles (statistics rows, key-side segment ids) of 128k or the whole seq."""
     if cfg.interpret:
         return
-    lane_blocks = {"block_q_dkv": cfg.blocks.block_q_dkv}
+    lane_blocks = {"block_q": cfg.blocks.block_q, "block_q_dq": cfg.blocks.block_q_dq,
+                   "block_q_dkv": cfg.blocks.block_q_dkv}
     if cfg.has_segments:
         lane_blocks |= {"block_kv": cfg.blocks.block_kv, "block_kv_dq": cfg.blocks.block_kv_dq}
     for name, block in lane_blocks.items():
@@ -161,7 +165,7 @@ def _query_side_specs(cfg: fc.FlashConfig, bq: int, bk: int, head_dim: int):
     own = pl.BlockSpec((None, None, bq, head_dim), lambda b, h, i, j: (b, h, i, 0))
     shared_kv = pl.BlockSpec((None, None, bk, head_dim),
                              lambda b, h, i, j: (b, lax.div(h, cfg.groups), kv_block(i, j), 0))
-    stats = pl.BlockSpec((None, None, bq, 1), lambda b, h, i, j: (b, h, i, 0))
+    stats = pl.BlockSpec((None, None, 1, bq), lambda b, h, i, j: (b, h, 0, i))  # rows
     segments = [pl.BlockSpec((None, bq, 1), lambda b, h, i, j: (b, i, 0)),
                 pl.BlockSpec((None, 1, bk), lambda b, h, i, j: (b, 0, kv_block(i, j)))]
     return own, shared_kv, stats, segments
@@ -185,7 +189,7 @@ def forward(q, k, v, seg, cfg):
     out, lse = _call(
         _forward_kernel, cfg, (batch, heads, seq // bq, seq // bk), in_specs, [own, stats],
         [jax.ShapeDtypeStruct((batch, heads, seq, head_dim), q.dtype),
-         jax.ShapeDtypeStruct((batch, heads, seq, 1), jnp.float32)],
+         jax.ShapeDtypeStruct((batch, heads, 1, seq), jnp.float32)],
         [pltpu.VMEM((bq, 1), jnp.float32), pltpu.VMEM((bq, 1), jnp.float32),
          pltpu.VMEM((bq, head_dim), jnp.float32)], "flash_fwd",
     )(*_to_heads_major(q, k, v), *_segment_args(seg, query_column=True))
@@ -230,13 +234,11 @@ def dkv(q, k, v, seg, do, lse, delta, cfg):
         in_specs += [pl.BlockSpec((None, 1, bq), lambda b, h, j, r: (b, 0, q_block(j, r))),
                      pl.BlockSpec((None, bk, 1), lambda b, h, j, r: (b, j, 0))]
     qt, kt, vt, dot = _to_heads_major(q, k, v, do)
-    as_rows = (batch, heads, 1, seq)
     shape = jax.ShapeDtypeStruct(kt.shape, k.dtype)
     dk, dv = _call(
         _dkv_kernel, cfg, (batch, kv_heads, seq // bk, cfg.groups * n_q), in_specs, [own, own],
         [shape, shape], [pltpu.VMEM((bk, head_dim), jnp.float32)] * 2, "flash_dkv",
-    )(qt, kt, vt, dot, lse.reshape(as_rows), delta.reshape(as_rows),
-      *_segment_args(seg, query_column=False))
+    )(qt, kt, vt, dot, lse, delta, *_segment_args(seg, query_column=False))
     return dk.transpose(0, 2, 1, 3), dv.transpose(0, 2, 1, 3)
 
 

@@ -96,3 +96,31 @@ def test_tpu_kernel_compiles_sharded(topology, heads, kv_heads, head_dim, seq, s
     assert "sdy.manual_computation" in text or "shard_map" in text
     compiled = lowered.compile()
     assert compiled.memory_analysis() is not None
+
+
+def test_tpu_softmax_statistics_are_not_lane_padded():
+    """The log-sum-exp kept from the forward to the backward (and ``delta``) are ``[1, seq]`` rows.
+
+    As ``[seq, 1]`` columns, TPU tiling ``T(8,128)`` pads every float32 to 128 lanes: 128x the
+    statistics' size, held across the whole backward (two 128 MiB buffers per layer at batch 8,
+    seq 2048, 16 heads). The compiled program must keep no such column.
+    """
+    _libtpu_or_skip()
+    import re
+
+    from jax.experimental import topologies
+
+    topo = topologies.get_topology_desc(
+        platform="tpu", topology_name="v5e:1x1", chip_config_name="default",
+        chips_per_host_bounds=(1, 1, 1), num_slices=1)
+    mesh = jax.sharding.Mesh(np.asarray(topo.devices).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    batch, seq, heads = 2, 1024, 8
+    replicated = NamedSharding(mesh, P())
+    q = jax.ShapeDtypeStruct((batch, seq, heads, 64), jnp.bfloat16, sharding=replicated)
+    kv = jax.ShapeDtypeStruct((batch, seq, 2, 64), jnp.bfloat16, sharding=replicated)
+    step = _loss_and_grads(lambda q, k, v, s: attention(q, k, v, impl="pallas"), segments=False)
+    with jax.set_mesh(mesh):
+        text = jax.jit(step).trace(q, kv, kv, None).lower().compile().as_text()
+    tiled_f32 = set(re.findall(r"f32\[([0-9,]+)\]\{[^}]*T\(", text))
+    assert f"{batch},{heads},1,{seq}" in tiled_f32  # the statistics, as rows
+    assert f"{batch},{heads},{seq},1" not in tiled_f32, "a lane-padded statistics column"
