@@ -7,7 +7,7 @@ from typing import TypeVar
 
 from elm_jax.config import Config
 from elm_jax.parallel import distributed
-from elm_jax.train.preemption import StopRequested, stop_at_once
+from elm_jax.train.preemption import stop_at_once
 
 T = TypeVar("T")
 
@@ -16,10 +16,12 @@ def run_until_stopped(config: Config, run: Callable[[Config], T]) -> T | None:
     """``run(config)`` after joining the multi-host run, if any; None when SIGTERM or Ctrl-C came
     before or after the training steps (the loop itself saves a stop during the steps)."""
     distributed.initialize(config.distributed)  # before any array
-    try:
-        with stop_at_once():  # before and after the training steps: nothing unsaved to lose
+    with stop_at_once() as latch:  # before and after the training steps: nothing unsaved to lose
+        try:
             return run(config)
-    except StopRequested as stop:
-        print(f"stopped by {stop} outside the training steps (nothing unsaved was lost); rerun the "
-              "same command to resume")
-        return None
+        except BaseException:
+            if latch.signal is None:  # not the stop, whatever type it arrived as
+                raise
+    print(f"stopped by {latch.signal} outside the training steps (nothing unsaved was lost); rerun "
+          "the same command to resume")
+    return None

@@ -46,17 +46,30 @@ def _restore(previous: dict[int, object]) -> None:
         signal.signal(signum, handler)
 
 
-def _raise_stop(signum: int, frame) -> None:
-    del frame
-    raise StopRequested(signal.Signals(signum).name)
+class StopLatch:
+    """Which stop signal ``stop_at_once`` raised for, if any (None until one arrives).
+
+    The signal's ``StopRequested`` is raised wherever the main thread is; a library running
+    there may turn it into its own error (jax re-raises it as a ``ValueError`` when it lands in a
+    pytree's ``__eq__``), so the caller asks the latch, not the exception's type.
+    """
+
+    def __init__(self):
+        self.signal: str | None = None
+
+    def raise_stop(self, signum: int, frame) -> None:
+        del frame
+        self.signal = signal.Signals(signum).name
+        raise StopRequested(self.signal)
 
 
 @contextlib.contextmanager
-def stop_at_once() -> Iterator[None]:
+def stop_at_once() -> Iterator[StopLatch]:
     """While active (one process only): SIGTERM or SIGINT raises ``StopRequested``."""
-    previous = _install(_raise_stop)
+    latch = StopLatch()
+    previous = _install(latch.raise_stop)
     try:
-        yield
+        yield latch
     finally:
         _restore(previous)
 

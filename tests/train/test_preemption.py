@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 from synthetic import tiny_config
 
 from elm_jax.checkpoint import Checkpointer
@@ -159,3 +160,31 @@ def test_ctrl_c_on_several_processes_reaches_jax_as_sigterm():
     out = run_from_a_terminal(CTRL_C_ON_SEVERAL_PROCESSES)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout == "requested True sigterm True\nsigint restored True\n"
+
+
+def _signal_inside_a_library(config):
+    """What jax does when the stop's exception lands in its own code: re-raise it as its error."""
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler raises StopRequested here
+    except BaseException as error:
+        raise ValueError("an error of the library the signal interrupted") from error
+
+
+def test_a_stop_that_a_library_re_raises_as_its_own_error_still_stops_cleanly(tmp_path, capsys):
+    from elm_jax.cli.stopping import run_until_stopped
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert run_until_stopped(tiny_config(tmp_path), _signal_inside_a_library) is None
+    assert "stopped by SIGTERM outside the training steps" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGTERM) is before  # the stop's handler is gone again
+
+
+def test_an_error_without_a_stop_is_not_taken_for_one(tmp_path):
+    from elm_jax.cli.stopping import run_until_stopped
+
+    def fails(config):
+        raise ValueError("a real error")
+
+    with pytest.raises(ValueError, match="a real error"):
+        run_until_stopped(tiny_config(tmp_path), fails)
