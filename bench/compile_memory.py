@@ -2,6 +2,7 @@
 
     python bench/compile_memory.py                                  # 450M shapes on v5p-8
     python bench/compile_memory.py --size 3b --topology v5p-32 --layers 1,2,4
+    python bench/compile_memory.py --size 3b --topology v5p-128 --layers 1,2 --flags mesh.data=4,mesh.fsdp=16
 
 Compiles the preset's train step (libtpu, ahead of time, on this CPU) with the model cut to each
 ``--layers`` count, everything else as shipped, each in a child process (``plan_table``'s), and
@@ -19,10 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from plan_table import plan_in_child  # noqa: E402  (bench/ is not a package)
+from plan_table import parse_overrides, plan_in_child  # noqa: E402  (bench/ is not a package)
 
 from elm_jax.config import from_config_dict  # noqa: E402
 from elm_jax.presets import SIZES, openelm_config  # noqa: E402
+from elm_jax.train import plan as plan_lib  # noqa: E402
 from elm_jax.train import topology as topo_lib  # noqa: E402
 from elm_jax.train.topology import GIB  # noqa: E402
 
@@ -45,18 +47,27 @@ def main() -> None:
     parser.add_argument("--layers", default="1,2,4,8", help="comma-separated layer counts")
     parser.add_argument("--max-host-gib", type=float, default=16.0,
                         help="stop a compile that needs more host RAM than this")
+    parser.add_argument("--cache", default="", help="directory keeping finished compiles")
+    parser.add_argument("--flags", default="",
+                        help="config overrides for every compile, e.g. mesh.data=4,mesh.fsdp=16")
     args = parser.parse_args()
     counts = sorted({int(n) for n in args.layers.split(",")})
     if len(counts) < 2 or counts[0] < 1:
         parser.error("--layers needs at least two distinct positive counts, e.g. 1,2,4")
     topology = topo_lib.parse(args.topology)
-    print(f"{args.size} train step on {args.topology}, the model cut to L layers")
+    try:
+        overrides = parse_overrides(args.flags)
+    except ValueError as err:
+        parser.error(str(err))
+    print(f"{args.size} train step on {args.topology}, the model cut to L layers"
+          + (f", with {args.flags}" if args.flags else ""))
     print(f"{'L':>3} {'host GiB':>9} {'code MiB':>9} {'temp GiB':>9} {'compile s':>10}")
     host, code = [], []
     for layers in counts:
         config = openelm_config(args.size)
         config.model.num_layers = layers
-        result = plan_in_child(from_config_dict(config), topology, args, read_buffers=False)
+        config = plan_lib.with_overrides(from_config_dict(config), overrides)
+        result = plan_in_child(config, topology, args, read_buffers=False)
         code_mib = (result.code_bytes or 0) / MIB
         host.append(result.host_peak_bytes / GIB)
         code.append(code_mib)

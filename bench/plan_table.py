@@ -18,6 +18,7 @@ finished compile, so a rerun repeats none.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import datetime
 import hashlib
@@ -43,8 +44,10 @@ from elm_jax.train.topology import GIB  # noqa: E402
 
 # Each size on slices where the question is interesting (small chips for small models, larger
 # slices for the 3B); every cell is one or more compiles of minutes on two CPU cores.
+# A third field adds flags to the preset: FSDP over 16 of the v5p-128's 64 chips (4 data-parallel
+# groups) is the 3B's mesh whose compile fits in 16 GiB of host RAM (docs/PLANNING.md).
 CELLS = ("270m:v5e-8", "450m:v5p-8", "1_1b:v5p-8", "3b:v5p-32", "1_1b:v5e-16", "3b:v5e-32",
-         "270m:v6e-8", "450m:v5e-8", "3b:v5p-128")
+         "270m:v6e-8", "450m:v5e-8", "3b:v5p-128", "3b:v5p-128:mesh.data=4,mesh.fsdp=16")
 
 
 class HostMemoryExceeded(RuntimeError):
@@ -120,28 +123,68 @@ def held_gib(pid: int) -> float:
     return kib / 2 ** 20
 
 
-def _setup(result: plan_lib.Plan, first: plan_lib.Plan) -> str:
-    """The flags that turn the preset into ``result``'s config."""
+def _flags(config: plan_lib.Config, preset: plan_lib.Config) -> str:
+    """The flags that turn ``preset`` into ``config``."""
     changes = []
     for section in ("model", "train", "mesh"):
-        old, new = getattr(first.config, section), getattr(result.config, section)
+        old, new = getattr(preset, section), getattr(config, section)
         for field in old.__dataclass_fields__:
             if getattr(old, field) != getattr(new, field):
                 changes.append(f"--config.{section}.{field}={getattr(new, field)}")
-    return "preset" if not changes else "search: " + " ".join(changes)
+    return " ".join(changes)
 
 
-def _save_report(args: argparse.Namespace, size: str, slice_name: str, text: str) -> None:
+def _setup_label(config: plan_lib.Config, preset: plan_lib.Config) -> str:
+    """A cell's first row: the preset as shipped, or the flags the cell adds to it."""
+    given = _flags(config, preset)
+    return "flags: " + given if given else "preset"
+
+
+def _setup(result: plan_lib.Plan, first: plan_lib.Plan, label: str) -> str:
+    """A search row: the cell's setup and the flags elm-plan's search added to it."""
+    return f"{label}; search: {_flags(result.config, first.config)}".removeprefix("preset; ")
+
+
+def parse_overrides(text: str) -> tuple[tuple[str, object], ...]:
+    """``section.field=value,...`` -> ((section.field, value), ...); '' -> ()."""
+    pairs = [item.split("=", 1) for item in text.split(",")] if text else []
+    if any(len(pair) != 2 or "." not in pair[0] for pair in pairs):
+        raise ValueError(f"flags are section.field=value,... (e.g. mesh.data=4,mesh.fsdp=16); "
+                         f"got {text!r}")
+    return tuple((key, _value(value)) for key, value in pairs)
+
+
+def parse_cell(text: str) -> tuple[str, str, tuple[tuple[str, object], ...]]:
+    """``size:slice[:section.field=value,...]`` -> (size, slice, overrides)."""
+    parts = text.split(":", 2)
+    if len(parts) < 2 or parts[0] not in SIZES or not parts[1]:
+        raise ValueError(f"cells are size:slice[:section.field=value,...] with size in "
+                         f"{', '.join(SIZES)}; got {text!r}")
+    return parts[0], parts[1], parse_overrides(parts[2] if len(parts) > 2 else "")
+
+
+def _value(text: str) -> object:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word, e.g. a remat policy
+
+
+def _save_report(args: argparse.Namespace, name: str, text: str) -> None:
     """Keep elm-plan's full text of a cell (memory account, largest buffers) under --reports."""
     if args.reports:
-        write_atomic(Path(args.reports) / f"{size}_{slice_name}.txt", text + "\n")
+        write_atomic(Path(args.reports) / f"{name}.txt", text + "\n")
 
 
-def rows_for_cell(size: str, slice_name: str, args: argparse.Namespace) -> list[dict]:
-    """The preset's row, then, when it does not fit, one row per compile of the fit search."""
+def rows_for_cell(text: str, args: argparse.Namespace) -> list[dict]:
+    """The cell's row (the preset, with the cell's flags if any), then, when it does not fit, one
+    row per compile of the fit search."""
+    size, slice_name, overrides = parse_cell(text)
     topology = topo_lib.parse(slice_name)
-    config = from_config_dict(openelm_config(size))
+    preset = from_config_dict(openelm_config(size))
+    config = plan_lib.with_overrides(preset, overrides)
     base = {"size": size, "slice": slice_name}
+    setup = _setup_label(config, preset)
 
     def plan_fn(cfg, topo, **kwargs):
         return plan_in_child(cfg, topo, args, **kwargs)
@@ -149,11 +192,12 @@ def rows_for_cell(size: str, slice_name: str, args: argparse.Namespace) -> list[
     try:
         first = plan_fn(config, topology)
     except HostMemoryExceeded as err:
-        return [{**base, "setup": "preset", "fits": f"not planned: {err}",
+        return [{**base, "setup": setup, "fits": f"not planned: {err}",
                  "host GiB": f"> {args.max_host_gib:g}"}]
-    rows = [{**base, "setup": "preset", **cell(first, args.mfu)}]
+    rows = [{**base, "setup": setup, **cell(first, args.mfu)}]
     text = plan_lib.report(first, args.mfu)  # what elm-plan prints for this cell
-    _save_report(args, size, slice_name, text)
+    name = f"{size}_{slice_name}" + ("_" + "_".join(f"{k}={v}" for k, v in overrides) if overrides else "")
+    _save_report(args, name, text)
     if first.fits:
         return rows
     try:
@@ -163,9 +207,9 @@ def rows_for_cell(size: str, slice_name: str, args: argparse.Namespace) -> list[
         rows.append({**base, "setup": "search", "fits": f"not planned: {err}",
                      "host GiB": f"> {args.max_host_gib:g}"})
         return rows
-    _save_report(args, size, slice_name, text + "\n" + fit_lib.fit_report(found))
+    _save_report(args, name, text + "\n" + fit_lib.fit_report(found))
     for trial in trials:
-        rows.append({**base, "setup": _setup(trial, first), **cell(trial, args.mfu)})
+        rows.append({**base, "setup": _setup(trial, first, setup), **cell(trial, args.mfu)})
     if found.plan is None:
         rows.append({**base, "setup": "search", "fits": "nothing found"})
     return rows
@@ -194,7 +238,8 @@ def markdown(rows: list[dict], args: argparse.Namespace, seconds: float, pending
         "larger of the loss and largest-layer working sets; `elm_jax/train/memory.py`); `XLA temp` =",
         "XLA's temporaries (from its refusal when it ran out of HBM); `XLA / floor` their ratio;",
         "`total` = arguments + outputs not aliased + temporaries + code; `compile s` and `host GiB` =",
-        "compile time and peak resident memory of the compiling process on this machine. Step",
+        "compile time and peak host memory (resident or swapped out) of the compiling process on",
+        "this machine. Step",
         f"times assume {args.mfu:.0%} MFU on the published peak bf16 FLOP/s; they are not",
         "measurements.",
         "",
@@ -208,8 +253,8 @@ def markdown(rows: list[dict], args: argparse.Namespace, seconds: float, pending
     ]
     lines += ["| " + " | ".join(str(r.get(h, "-")) for h in header) + " |" for r in rows]
     lines += ["", "Reproduce one row: `elm-plan --config experiments/openelm_<size>.py --topology "
-              "<slice>` plus the row's `search:` flags; `elm-plan` prints the memory account and the "
-              "largest buffers at XLA's peak for it.", ""]
+              "<slice>` plus the row's `flags:` and `search:` flags; `elm-plan` prints the memory "
+              "account and the largest buffers at XLA's peak for it.", ""]
     return "\n".join(lines)
 
 
@@ -231,7 +276,7 @@ def stopped_below(rows: list[dict], cap: float) -> bool:
 
 def _not_planned(args: argparse.Namespace) -> list[str]:
     """A line naming the default cells this table leaves out (planned with ``--cells``)."""
-    left = [c for c in CELLS if c not in args.cells.split(",")]
+    left = [c for c in CELLS if c not in args.cells.split(";")]
     return [f"Default cells not planned in this run: {', '.join(left)}."] if left else []
 
 
@@ -245,7 +290,9 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cells", default=",".join(CELLS), help="size:slice pairs, e.g. 3b:v5p-32")
+    p.add_argument("--cells", default=";".join(CELLS),
+                   help="';'-separated size:slice[:section.field=value,...], e.g. "
+                        "'3b:v5p-32;3b:v5p-128:mesh.data=4,mesh.fsdp=16'")
     p.add_argument("--mfu", type=float, default=0.4)
     p.add_argument("--out", default=str(REPO / "docs" / "PLANNING.md"))
     p.add_argument("--max-host-gib", type=float, default=16.0,
@@ -265,23 +312,24 @@ def main() -> None:
         config, topology, kwargs = pickle.loads(Path(args.one).read_bytes())
         Path(args.answer).write_bytes(pickle.dumps(plan_lib.plan(config, topology, **kwargs)))
         return
-    cells = [c.split(":") for c in args.cells.split(",")]
-    bad = [c for c in cells if len(c) != 2 or c[0] not in SIZES]
-    if bad:
-        p.error(f"cells must be size:slice with size in {', '.join(SIZES)}; got {bad}")
+    cells = args.cells.split(";")
+    try:
+        for text in cells:
+            parse_cell(text)
+    except ValueError as err:
+        p.error(str(err))
     rows_file = Path(args.out).with_suffix(".rows.json")
     done_cells = json.loads(rows_file.read_text()) if args.resume and rows_file.exists() else {}
     start = time.perf_counter()
-    for count, (size, name) in enumerate(cells, 1):
-        key = f"{size}:{name}"
+    for count, key in enumerate(cells, 1):
         if key not in done_cells or stopped_below(done_cells[key], args.max_host_gib):
             began = time.perf_counter()
             print(f"[{count}/{len(cells)}] {key} ...", flush=True)
-            done_cells[key] = rows_for_cell(size, name, args)
+            done_cells[key] = rows_for_cell(key, args)
             print(f"  {done_cells[key][-1]['fits']}, {time.perf_counter() - began:.0f} s", flush=True)
             write_atomic(rows_file, json.dumps(done_cells, indent=1))
-        rows = [r for c in cells if f"{c[0]}:{c[1]}" in done_cells for r in done_cells[f"{c[0]}:{c[1]}"]]
-        pending = sum(f"{c[0]}:{c[1]}" not in done_cells for c in cells)
+        rows = [r for c in cells if c in done_cells for r in done_cells[c]]
+        pending = sum(c not in done_cells for c in cells)
         text = markdown(rows, args, time.perf_counter() - start, pending)
         write_atomic(Path(args.out), text + "\n" + kept_notes(Path(args.out)))
     print(text)

@@ -1,13 +1,16 @@
 """How much host RAM ``elm-plan``'s ahead-of-time compile needs, to warn before it is killed for it.
 
-Every OpenELM layer has its own shapes, so the train step cannot loop over the layers: XLA compiles
-each layer's forward, recompute and backward on its own (about 26 MiB of TPU code per 450M layer),
-and libtpu's compile holds host memory in proportion to the layer count. It does not grow with the
-batch, the microbatch loop or the attention implementation (measured with
-``bench/compile_memory.py``; the figures are in docs/PLANNING.md). The line below fits the presets
-compiled there: 270M 7.1 GiB, 450M 10.0-10.3 GiB, 1.1B 14.2 GiB, 3B 18.6 GiB (v5p-32). The slice
-moves it too at the 3B's size (15.4 GiB for v5e-32, more than 21.5 for v5p-128), which this line
-does not model: for the largest slices it is a low estimate.
+libtpu's compile holds about 19x the size of the TPU program it generates (14.2 GiB for the 1.1B's
+0.75 GiB of code, 15.4 / 18.6 / 26.0 GiB for the 3B's 0.80 / 0.99 / 1.33 GiB on v5e-32, v5p-32 and
+v5p-128). Every OpenELM layer has its own shapes, so the train step cannot loop over the layers:
+XLA compiles each layer's forward, recompute and backward on its own, and the program grows with
+the layer count (measured with ``bench/compile_memory.py``; figures in docs/PLANNING.md). It does
+not grow with the batch, the microbatch loop or the attention implementation. The line below fits
+the presets compiled with FSDP over at most 16 chips: 270M 7.1 GiB, 450M 10.0-10.3 GiB, 1.1B
+14.2 GiB, 3B 18.6 GiB (v5p-32). On one kind of chip a wider FSDP group makes every layer's
+collectives, and so the program, larger (the 3B on v5p-128, FSDP over 64 chips: 26.0 GiB),
+which this line does not model; FSDP over 16 of those 64 chips with 4 data-parallel groups
+compiles in 14.8 GiB.
 """
 
 from __future__ import annotations
@@ -45,4 +48,7 @@ def host_memory_warning(config: Config, available: int | None) -> str | None:
     return (f"warning: compiling the {config.model.num_layers}-layer train step needs about "
             f"{need / GIB:.0f} GiB of host RAM ({COMPILE_BYTES_PER_LAYER / GIB:.2f} GiB per layer, "
             f"docs/PLANNING.md) and this machine has {available / GIB:.1f} GiB available: the "
-            f"compile may be killed for memory. Free memory or plan on a larger machine.")
+            f"compile may be killed for memory. Free memory, plan on a larger machine, or on a "
+            f"large slice shard over fewer chips (e.g. --config.mesh.fsdp=16 "
+            f"--config.mesh.data=-1): the per-chip program, and its compile, shrink with the "
+            f"FSDP group.")

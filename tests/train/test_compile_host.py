@@ -34,3 +34,4 @@ def test_warns_only_when_the_compile_would_not_fit_the_host():
     warning = compile_host.host_memory_warning(config, 8 * GIB)
     assert "36-layer" in warning and "8.0 GiB available" in warning
     assert f"about {need / GIB:.0f} GiB" in warning
+    assert "--config.mesh.fsdp=16" in warning  # the remedy on a large slice
