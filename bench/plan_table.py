@@ -142,7 +142,8 @@ def _setup_label(config: plan_lib.Config, preset: plan_lib.Config) -> str:
 
 def _setup(result: plan_lib.Plan, first: plan_lib.Plan, label: str) -> str:
     """A search row: the cell's setup and the flags elm-plan's search added to it."""
-    return f"{label}; search: {_flags(result.config, first.config)}".removeprefix("preset; ")
+    search = "search: " + _flags(result.config, first.config)
+    return search if label == "preset" else f"{label}; {search}"
 
 
 def parse_overrides(text: str) -> tuple[tuple[str, object], ...]:

@@ -4,10 +4,10 @@ Mosaic tiles the last two dimensions of every block onto (sublane, lane) registe
 work on ``[batch, heads, seq, head_dim]`` (q, k, v are transposed on the way in, the outputs on
 the way out). The per-row softmax statistics (log-sum-exp, ``delta``) live in HBM as ``[1, seq]``
 rows: as ``[seq, 1]`` columns TPU tiling pads each float to 128 lanes, 128x their size, and XLA
-keeps them from the forward to the backward. The kernels transpose a block of 512 on the way in or
-out, where they need a column. Each
-program owns one output tile and reduces over the last grid axis ("arbitrary" semantics) into
-VMEM scratch; Pallas double-buffers the HBM->VMEM copies of the tiles the index maps select.
+keeps them from the forward to the backward. The kernels transpose one block in VMEM, on the way in
+or out, where they need a column. Each program owns one output tile and reduces over the last grid
+axis ("arbitrary" semantics) into VMEM scratch; Pallas double-buffers the HBM->VMEM copies of
+the tiles the index maps select.
 
 Skipped blocks cost neither compute nor memory traffic: a ``pl.when`` guards the compute, and the
 index maps clamp the block index to the last (or first) block the tile needs, so the pipeline

@@ -4,8 +4,8 @@ libtpu's compile holds about 19x the size of the TPU program it generates (14.2 
 0.75 GiB of code, 15.4 / 18.6 / 26.0 GiB for the 3B's 0.80 / 0.99 / 1.33 GiB on v5e-32, v5p-32 and
 v5p-128). Every OpenELM layer has its own shapes, so the train step cannot loop over the layers:
 XLA compiles each layer's forward, recompute and backward on its own, and the program grows with
-the layer count (measured with ``bench/compile_memory.py``; figures in docs/PLANNING.md). It does
-not grow with the batch, the microbatch loop or the attention implementation. The line below fits
+the layer count (measured with ``bench/compile_memory.py``; figures in docs/PLANNING.md). The batch,
+the microbatch loop and the attention implementation barely move it. The line below fits
 the presets compiled with FSDP over at most 16 chips: 270M 7.1 GiB, 450M 10.0-10.3 GiB, 1.1B
 14.2 GiB, 3B 18.6 GiB (v5p-32). On one kind of chip a wider FSDP group makes every layer's
 collectives, and so the program, larger (the 3B on v5p-128, FSDP over 64 chips: 26.0 GiB),
