@@ -314,11 +314,13 @@ def main() -> None:
         Path(args.answer).write_bytes(pickle.dumps(plan_lib.plan(config, topology, **kwargs)))
         return
     cells = args.cells.split(";")
-    try:
-        for text in cells:
-            parse_cell(text)
-    except ValueError as err:
-        p.error(str(err))
+    for text in cells:
+        try:
+            size, slice_name, overrides = parse_cell(text)
+            topo_lib.parse(slice_name)
+            plan_lib.with_overrides(from_config_dict(openelm_config(size)), overrides)
+        except (ValueError, TypeError, AttributeError) as err:  # ConfigError is a ValueError
+            p.error(f"cell {text!r}: {err}")
     rows_file = Path(args.out).with_suffix(".rows.json")
     done_cells = json.loads(rows_file.read_text()) if args.resume and rows_file.exists() else {}
     start = time.perf_counter()
