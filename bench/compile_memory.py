@@ -54,10 +54,11 @@ def main() -> None:
     counts = sorted({int(n) for n in args.layers.split(",")})
     if len(counts) < 2 or counts[0] < 1:
         parser.error("--layers needs at least two distinct positive counts, e.g. 1,2,4")
-    topology = topo_lib.parse(args.topology)
     try:
+        topology = topo_lib.parse(args.topology)
         overrides = parse_overrides(args.flags)
-    except ValueError as err:
+        plan_lib.with_overrides(from_config_dict(openelm_config(args.size)), overrides)
+    except (ValueError, TypeError, AttributeError) as err:  # ConfigError is a ValueError
         parser.error(str(err))
     print(f"{args.size} train step on {args.topology}, the model cut to L layers"
           + (f", with {args.flags}" if args.flags else ""))
